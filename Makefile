@@ -1,0 +1,55 @@
+# megatron-salt: the two commands a user needs.
+#   make demo   corpus -> tokenizer -> indexed dataset (-> SALT runs, as they land)
+#   make test   the test suite
+# Both create .venv and install what they need. On machines without a GPU,
+# torch is pinned to the local CPU wheel so pip never pulls CUDA packages.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed-stamp
+
+DEMO_DIR ?= demo_out
+WORKERS ?= 2
+
+.PHONY: install test demo lint clean-demo
+
+$(STAMP): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+# --- demo ---------------------------------------------------------------------
+
+CORPUS := $(DEMO_DIR)/corpus
+TOKENIZER := $(DEMO_DIR)/tokenizer/spm.model
+DATA_PREFIX := $(DEMO_DIR)/data/demo
+
+$(CORPUS)/.done: $(STAMP)
+	$(PY) tools/make_demo_corpus.py --output-dir $(CORPUS)
+	touch $@
+
+$(TOKENIZER): $(CORPUS)/.done
+	$(PY) tools/train_tokenizer.py --input $(CORPUS) --model-prefix $(basename $(TOKENIZER)) --vocab-size 4096
+
+$(DATA_PREFIX)_text_document.idx: $(TOKENIZER)
+	$(PY) tools/preprocess_pile.py --input $(CORPUS) --output-prefix $(DATA_PREFIX) \
+		--tokenizer-type SentencePieceTokenizer --tokenizer-model $(TOKENIZER) \
+		--append-eod --workers $(WORKERS)
+
+demo: $(DATA_PREFIX)_text_document.idx
+	@cat $(DATA_PREFIX)_text_document.summary.json
+
+clean-demo:
+	rm -rf $(DEMO_DIR)

@@ -1,0 +1,18 @@
+"""Compatibility layers: Megatron-Core on CPU, optional GPU libraries."""
+
+from megatron_salt.compat.backends import (
+    describe_backends,
+    have_apex,
+    have_transformer_engine,
+    quiet_optional_backend_warnings,
+)
+from megatron_salt.compat.cpu import apply_cpu_patches, cpu_patches_needed
+
+__all__ = [
+    "apply_cpu_patches",
+    "cpu_patches_needed",
+    "describe_backends",
+    "have_apex",
+    "have_transformer_engine",
+    "quiet_optional_backend_warnings",
+]

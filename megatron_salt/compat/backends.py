@@ -1,0 +1,56 @@
+"""Optional GPU libraries (Transformer Engine, apex): detect lazily, report the path taken.
+
+Megatron-Core warns once per module when TE or apex is missing; on a CPU
+machine that is a dozen lines of noise. We silence exactly those warnings and
+instead log one line saying which path is active (:func:`describe_backends`).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import warnings
+
+import torch
+
+_MISSING_BACKEND_WARNINGS = (
+    r"Transformer Engine and Apex are not installed.*",
+    r"Apex is not installed.*",
+    r"Transformer Engine is not installed.*",
+    r"When using async grad allreduce it is recommended to set the environment variable.*",
+)
+
+
+def quiet_optional_backend_warnings() -> None:
+    """Ignore Megatron-Core's 'TE/apex not installed, falling back' warnings."""
+    for pattern in _MISSING_BACKEND_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+@functools.cache
+def have_transformer_engine() -> bool:
+    """True when ``transformer_engine.pytorch`` imports (it needs a GPU and CUDA)."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        importlib.import_module("transformer_engine.pytorch")
+    except Exception:  # noqa: BLE001 - any import failure means "not usable"
+        return False
+    return True
+
+
+@functools.cache
+def have_apex() -> bool:
+    try:
+        importlib.import_module("apex")
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+def describe_backends() -> str:
+    """One line for the logs: device, layer implementation, FP8 availability."""
+    device = f"cuda ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "cpu (gloo)"
+    layers = "Transformer Engine" if have_transformer_engine() else "Megatron-Core local"
+    fp8 = "available" if have_transformer_engine() else "unavailable (needs Transformer Engine)"
+    return f"device: {device}; layers: {layers}; apex: {have_apex()}; fp8: {fp8}"

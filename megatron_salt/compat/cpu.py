@@ -1,0 +1,265 @@
+"""Runtime patches that let Megatron-Core 0.16 run on CPU over gloo.
+
+Megatron-Core assumes a CUDA device in a handful of places that have nothing to
+do with the math: it asks ``torch.cuda.current_device()`` where a tensor should
+live, allocates a few bookkeeping scalars with ``device="cuda"``, forks the CUDA
+RNG for tensor-parallel dropout, and checks ``param.type()`` against CUDA type
+names when it builds optimizer shards. On a CPU-only torch build each of those
+raises, although the surrounding code is device-agnostic.
+
+:func:`apply_cpu_patches` installs the smallest set of fixes for those calls.
+It does nothing when CUDA is available, so importing megatron_salt on a GPU node
+never changes Megatron-Core's behaviour there. Every patch is listed in
+``patches/README.md`` with the call it targets and when it can be dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import types
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+#: Megatron-Core versions the patches were written and tested against.
+TESTED_MEGATRON_CORE = ("0.16.1",)
+
+_APPLIED = False
+
+
+def cpu_patches_needed() -> bool:
+    """True when torch has no usable CUDA device (the patches' only trigger)."""
+    return not torch.cuda.is_available()
+
+
+def apply_cpu_patches() -> bool:
+    """Install the CPU patches once; return True if they are active.
+
+    Safe to call many times and from every rank. A no-op with CUDA available.
+    """
+    global _APPLIED
+    if _APPLIED:
+        return True
+    if not cpu_patches_needed():
+        return False
+
+    import megatron.core
+
+    version = getattr(megatron.core, "__version__", "unknown")
+    if version not in TESTED_MEGATRON_CORE:
+        logger.warning(
+            "megatron-salt CPU patches were tested with megatron-core %s, found %s; "
+            "see patches/README.md",
+            ", ".join(TESTED_MEGATRON_CORE),
+            version,
+        )
+    _patch_cuda_device_queries()
+    _patch_cuda_device_literals()
+    _patch_rng_tracker()
+    _patch_optimizer_param_type_checks()
+    _APPLIED = True
+    logger.info("megatron-salt: CPU/gloo patches for megatron-core %s active", version)
+    return True
+
+
+# --- 1. torch.cuda.current_device / synchronize -------------------------------
+
+
+def _patch_cuda_device_queries() -> None:
+    """Make ``torch.cuda.current_device()`` answer ``cpu`` and ``synchronize`` a no-op.
+
+    Targets: ``torch.empty(..., device=torch.cuda.current_device())`` all over
+    megatron-core 0.16 (RoPE ``inv_freq``, ``GlobalMemoryBuffer``, p2p shape
+    exchange, grad buffers) and ``torch.cuda.synchronize()`` in p2p.
+    Why global: on a CPU-only build both functions always raise, so replacing
+    them cannot change any code path that worked before.
+    Drop when: megatron-core takes the device from its tensors/configs.
+    """
+    torch.cuda.current_device = lambda: torch.device("cpu")  # type: ignore[assignment]
+    torch.cuda.synchronize = lambda device=None: None  # type: ignore[assignment]
+
+
+# --- 2. device="cuda" literals -----------------------------------------------
+
+
+class _CpuTorch(types.ModuleType):
+    """A stand-in for ``torch`` inside one module that maps ``device="cuda"`` to CPU.
+
+    Everything else is the real ``torch``; only the factory functions below see
+    their ``device`` argument rewritten.
+    """
+
+    _FACTORIES = ("zeros", "ones", "empty", "tensor", "full", "arange")
+
+    def __init__(self) -> None:
+        super().__init__("torch")
+        for name in self._FACTORIES:
+            setattr(self, name, self._on_cpu(getattr(torch, name)))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+    @staticmethod
+    def _on_cpu(factory: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        @functools.wraps(factory)
+        def wrapper(*args: Any, **kwargs: Any) -> torch.Tensor:
+            device = kwargs.get("device")
+            if device is not None and torch.device(device).type == "cuda":
+                kwargs["device"] = "cpu"
+                kwargs.pop("pin_memory", None)
+            return factory(*args, **kwargs)
+
+        return wrapper
+
+
+#: Modules that allocate bookkeeping tensors with a literal ``device="cuda"``.
+_MODULES_WITH_CUDA_LITERALS = (
+    # total_num_tokens in every forward_backward_* schedule
+    "megatron.core.pipeline_parallel.schedules",
+    # found_inf / _scale_one / _scale of the (mixed-precision) optimizers
+    "megatron.core.optimizer.optimizer",
+    # total_norm and zero-count scalars of grad clipping
+    "megatron.core.optimizer.clip_grads",
+    # l2 norm helper used by grad clipping without apex
+    "megatron.core.utils",
+    # get_default_causal_mask, used when no attention mask is passed
+    "megatron.core.transformer.utils",
+)
+
+
+def _patch_cuda_device_literals() -> None:
+    """Give the modules above a ``torch`` whose factories put ``"cuda"`` tensors on CPU.
+
+    Targets: e.g. ``torch.zeros([], dtype=torch.int, device="cuda")`` in
+    ``schedules.forward_backward_no_pipelining`` (megatron-core 0.16.1).
+    Why module-scoped: a global rewrite of ``device="cuda"`` would hide real
+    device bugs in user code; here only the named modules are affected.
+    Drop when: those scalars are allocated on the model's device.
+    """
+    import importlib
+
+    cpu_torch = _CpuTorch()
+    for name in _MODULES_WITH_CUDA_LITERALS:
+        importlib.import_module(name).torch = cpu_torch
+
+
+# --- 3. RNG tracker -----------------------------------------------------------
+
+
+def _patch_rng_tracker() -> None:
+    """Back Megatron's tensor-parallel RNG tracker with the CPU generator.
+
+    Targets: ``CudaRNGStatesTracker.add`` / ``fork`` (``torch.cuda.get_rng_state``,
+    ``_set_cuda_rng_state``) reached from ``model_parallel_cuda_manual_seed`` and
+    from dropout/initialisation inside tensor-parallel regions.
+    Why: the tracker's contract (named, independently seeded streams that
+    differ per TP rank) is device-agnostic; on CPU the streams are CPU states.
+    Drop when: megatron-core grows a device-generic tracker.
+    """
+    from megatron.core.tensor_parallel import random as mcore_random
+
+    class CpuRNGStatesTracker(mcore_random.CudaRNGStatesTracker):
+        """Same bookkeeping as the CUDA tracker, on ``torch``'s CPU generator."""
+
+        def add(self, name: str, seed: int) -> None:
+            self._is_initialized = True
+            if seed in self.seeds_:
+                raise Exception(f"seed {seed} already exists")
+            self.seeds_.add(seed)
+            if name in self.states_:
+                raise Exception(f"rng state {name} already exists")
+            orig = torch.get_rng_state()
+            torch.manual_seed(seed)
+            self.states_[name] = torch.get_rng_state()
+            torch.set_rng_state(orig)
+
+        @contextlib.contextmanager
+        def fork(self, name: str = mcore_random._MODEL_PARALLEL_RNG_TRACKER_NAME) -> Iterator[None]:
+            if name not in self.states_:
+                raise Exception(f"rng state {name} is not added")
+            orig_state = torch.get_rng_state()
+            orig_name = self._current_state_name
+            if orig_name != "default-rng":
+                self.states_[orig_name] = orig_state
+            torch.set_rng_state(self.states_[name])
+            self._current_state_name = name
+            try:
+                yield
+            finally:
+                self.states_[name] = torch.get_rng_state()
+                if orig_name != "default-rng":
+                    orig_state = self.states_[orig_name]
+                torch.set_rng_state(orig_state)
+                self._current_state_name = orig_name
+
+    # initialize_rng_tracker() instantiates the module-level name at call time.
+    mcore_random.CudaRNGStatesTracker = CpuRNGStatesTracker
+    if mcore_random._CUDA_RNG_STATE_TRACKER is not None and not isinstance(
+        mcore_random._CUDA_RNG_STATE_TRACKER, CpuRNGStatesTracker
+    ):
+        mcore_random.initialize_rng_tracker(force_reset=True)
+
+
+# --- 4. parameter type checks in the optimizers -------------------------------
+
+_CUDA_TYPE_NAMES = {
+    "torch.FloatTensor": "torch.cuda.FloatTensor",
+    "torch.HalfTensor": "torch.cuda.HalfTensor",
+    "torch.BFloat16Tensor": "torch.cuda.BFloat16Tensor",
+}
+
+
+@contextlib.contextmanager
+def _cpu_tensors_report_cuda_types() -> Iterator[None]:
+    original = torch.Tensor.type
+
+    def type_(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        name = original(self, *args, **kwargs)
+        if args or kwargs:  # a conversion, not a query
+            return name
+        return _CUDA_TYPE_NAMES.get(name, name)
+
+    torch.Tensor.type = type_  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.Tensor.type = original  # type: ignore[method-assign]
+
+
+def _reporting_cuda_types(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with _cpu_tensors_report_cuda_types():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _patch_optimizer_param_type_checks() -> None:
+    """Let the optimizers accept CPU tensors where they check CUDA type names.
+
+    Targets: ``param.type() == 'torch.cuda.FloatTensor'`` (and Half/BFloat16) in
+    ``DistributedOptimizer._build_model_and_main_param_groups``,
+    ``Float16OptimizerWithFloat16Params.__init__`` and
+    ``clip_grad_by_total_norm_fp32`` (megatron-core 0.16.1).
+    Why scoped: only while those three functions run do CPU tensors report the
+    CUDA type name of the same dtype; nothing else sees the change.
+    Drop when: the checks use ``tensor.dtype``.
+    """
+    from megatron.core.optimizer import clip_grads, distrib_optimizer, optimizer
+
+    scoped = _reporting_cuda_types
+    clip = scoped(clip_grads.clip_grad_by_total_norm_fp32)
+    clip_grads.clip_grad_by_total_norm_fp32 = clip
+    optimizer.clip_grad_by_total_norm_fp32 = clip  # imported by name there
+
+    dist_opt = distrib_optimizer.DistributedOptimizer
+    build = dist_opt.__dict__["_build_model_and_main_param_groups"].__func__
+    dist_opt._build_model_and_main_param_groups = classmethod(scoped(build))
+    fp16_opt = optimizer.Float16OptimizerWithFloat16Params
+    fp16_opt.__init__ = scoped(fp16_opt.__init__)

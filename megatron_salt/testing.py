@@ -1,0 +1,127 @@
+"""Run a function on N gloo ranks in forked processes and collect what each returns.
+
+Used by the test suite and the benchmarks. Forking (rather than spawning) lets the
+children reuse the parent's already-imported torch and megatron-core, which is
+most of the start-up cost of a multi-process test on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+class RankFailed(RuntimeError):
+    """A rank raised; the message carries that rank's traceback."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _rank_main(
+    rank: int,
+    world_size: int,
+    port: int,
+    fn: Callable[..., Any],
+    args: tuple,
+    kwargs: dict,
+    results: mp.Queue,
+) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+    )
+    # Two ranks on two cores: one intra-op thread each avoids oversubscription.
+    torch.set_num_threads(1)
+    try:
+        from megatron_salt.compat import apply_cpu_patches
+
+        apply_cpu_patches()
+        dist.init_process_group(
+            "gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=120)
+        )
+        value = fn(*args, **kwargs)
+        results.put((rank, True, value))
+    except BaseException:  # noqa: BLE001 - the traceback is sent to the parent
+        results.put((rank, False, traceback.format_exc()))
+    finally:
+        try:
+            from megatron.core import parallel_state
+
+            parallel_state.destroy_model_parallel()
+        except Exception:  # noqa: BLE001
+            pass
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_on_ranks(
+    fn: Callable[..., Any],
+    world_size: int = 2,
+    *args: Any,
+    timeout: float = 300.0,
+    **kwargs: Any,
+) -> list[Any]:
+    """Call ``fn(*args, **kwargs)`` on ``world_size`` gloo ranks; return values by rank.
+
+    ``fn`` runs after ``torch.distributed`` is initialised and the CPU patches are
+    applied; it sets up Megatron's parallel state itself (it knows the layout).
+    Raises :class:`RankFailed` with the first failing rank's traceback.
+    """
+    ctx = mp.get_context("fork")
+    results = ctx.Queue()
+    port = free_port()
+    procs = [
+        ctx.Process(target=_rank_main, args=(rank, world_size, port, fn, args, kwargs, results))
+        for rank in range(world_size)
+    ]
+    for proc in procs:
+        proc.start()
+    collected: dict[int, Any] = {}
+    failures: list[str] = []
+    deadline = time.monotonic() + timeout
+    # Drain results while the ranks run: a large result blocks its sender until read.
+    while len(collected) + len(failures) < world_size:
+        try:
+            rank, ok, value = results.get(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+        except queue.Empty:
+            dead = [p for p in procs if p.exitcode not in (None, 0)]
+            if time.monotonic() > deadline or dead:
+                break
+            continue
+        if ok:
+            collected[rank] = value
+        else:
+            failures.append(f"rank {rank} failed:\n{value}")
+            # The other ranks are likely stuck in a collective now: don't wait long.
+            deadline = min(deadline, time.monotonic() + 10)
+    for rank, proc in enumerate(procs):
+        proc.join(max(0.1, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+            if rank not in collected:
+                failures.append(f"rank {rank} timed out after {timeout:.0f}s")
+    if failures:
+        raise RankFailed("\n".join(failures))
+    missing = [r for r in range(world_size) if r not in collected]
+    if missing:
+        codes = [p.exitcode for p in procs]
+        raise RankFailed(f"ranks {missing} returned nothing (exit codes {codes})")
+    return [collected[r] for r in range(world_size)]

@@ -1,0 +1,45 @@
+"""megatron-salt: SALT (small-LM-assisted LLM pretraining) on Megatron-Core."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+
+setup(
+    name="megatron-salt",
+    version="0.1.0",
+    description=(
+        "SALT on Megatron-Core: knowledge distillation from a small LM early in "
+        "pretraining, and small-LM data selection"
+    ),
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["megatron_salt", "megatron_salt.*"]),
+    # Scripts at the repo root / tools/ are thin CLIs over megatron_salt; they
+    # are installed as console scripts too.
+    py_modules=[],
+    install_requires=[
+        "megatron-core>=0.16.1",
+        "torch>=2.6",
+        "numpy",
+        "sentencepiece",
+        "wandb",
+        "zstandard",
+        "tqdm",
+        # megatron-core's dist_checkpointing needs psutil for its writers.
+        "psutil",
+    ],
+    extras_require={
+        "te": ["transformer-engine[pytorch]"],
+        "hf": ["tokenizers"],
+        "plot": ["matplotlib"],
+        "dev": ["pytest", "ruff", "tokenizers", "matplotlib"],
+    },
+    entry_points={
+        "console_scripts": [
+            "salt-preprocess-pile=megatron_salt.cli.preprocess_pile:main",
+        ],
+    },
+)
