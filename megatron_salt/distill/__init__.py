@@ -1,5 +1,16 @@
 """Knowledge distillation for SALT: the KD loss, vocab alignment, the KD weight schedule."""
 
+from megatron_salt.distill.kd_loss import vocab_parallel_kd_loss
+from megatron_salt.distill.loss import SaltLossParts, combine_salt_loss
 from megatron_salt.distill.schedule import KD_SCHEDULES, kd_weight
+from megatron_salt.distill.vocab import check_vocab_compatible, teacher_logits_to_student_shard
 
-__all__ = ["KD_SCHEDULES", "kd_weight"]
+__all__ = [
+    "KD_SCHEDULES",
+    "SaltLossParts",
+    "check_vocab_compatible",
+    "combine_salt_loss",
+    "kd_weight",
+    "teacher_logits_to_student_shard",
+    "vocab_parallel_kd_loss",
+]
