@@ -45,6 +45,7 @@ def _build(tp: int, pp: int, ddp: bool = False, dist_opt: bool = False):
         vocab_size=VOCAB,
         max_sequence_length=SEQ,
         position_embedding_type="rope",
+        share_embeddings_and_output_weights=True,  # Megatron-LM's default (tied)
         pre_process=ps.is_pipeline_first_stage(),
         post_process=ps.is_pipeline_last_stage(),
     )
@@ -169,6 +170,13 @@ def test_parallel_gpt_equals_single_process(tmp_path, tp, pp):
     assert losses, "no rank reported a loss"
     for loss in losses:
         assert loss == pytest.approx(ref_loss, rel=1e-6, abs=1e-6)
+    # With PP>1 the last stage holds a copy of the tied embedding as the output
+    # layer; finalize_model_grads must have given it the embedding's full gradient.
+    assert ("output_layer.weight" in grads) == (pp > 1)
+    if pp > 1:
+        torch.testing.assert_close(
+            grads.pop("output_layer.weight"), ref_grads["embedding.word_embeddings.weight"]
+        )
     assert set(grads) == set(ref_grads)
     for name, ref in ref_grads.items():
         torch.testing.assert_close(grads[name], ref, rtol=1e-5, atol=1e-6, msg=name)

@@ -1,6 +1,7 @@
 """Compatibility layers: Megatron-Core on CPU, optional GPU libraries."""
 
 from megatron_salt.compat.backends import (
+    current_device,
     describe_backends,
     have_apex,
     have_transformer_engine,
@@ -9,6 +10,7 @@ from megatron_salt.compat.backends import (
 from megatron_salt.compat.cpu import apply_cpu_patches, cpu_patches_needed
 
 __all__ = [
+    "current_device",
     "apply_cpu_patches",
     "cpu_patches_needed",
     "describe_backends",

@@ -54,3 +54,10 @@ def describe_backends() -> str:
     layers = "Transformer Engine" if have_transformer_engine() else "Megatron-Core local"
     fp8 = "available" if have_transformer_engine() else "unavailable (needs Transformer Engine)"
     return f"device: {device}; layers: {layers}; apex: {have_apex()}; fp8: {fp8}"
+
+
+def current_device() -> torch.device:
+    """The device this rank computes on: its CUDA device, or the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

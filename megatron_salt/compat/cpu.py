@@ -61,7 +61,7 @@ def apply_cpu_patches() -> bool:
     _patch_cuda_device_queries()
     _patch_cuda_device_literals()
     _patch_rng_tracker()
-    _patch_optimizer_param_type_checks()
+    _patch_cuda_tensor_assumptions()
     _APPLIED = True
     logger.info("megatron-salt: CPU/gloo patches for megatron-core %s active", version)
     return True
@@ -205,7 +205,7 @@ def _patch_rng_tracker() -> None:
         mcore_random.initialize_rng_tracker(force_reset=True)
 
 
-# --- 4. parameter type checks in the optimizers -------------------------------
+# --- 4. CUDA type names and .cuda() in named functions -------------------------
 
 _CUDA_TYPE_NAMES = {
     "torch.FloatTensor": "torch.cuda.FloatTensor",
@@ -215,51 +215,64 @@ _CUDA_TYPE_NAMES = {
 
 
 @contextlib.contextmanager
-def _cpu_tensors_report_cuda_types() -> Iterator[None]:
-    original = torch.Tensor.type
+def _cpu_tensors_act_as_cuda() -> Iterator[None]:
+    """While active: CPU tensors report CUDA type names and ``.cuda()`` keeps them on CPU."""
+    original_type, original_cuda = torch.Tensor.type, torch.Tensor.cuda
 
     def type_(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        name = original(self, *args, **kwargs)
+        name = original_type(self, *args, **kwargs)
         if args or kwargs:  # a conversion, not a query
             return name
         return _CUDA_TYPE_NAMES.get(name, name)
 
+    def cuda(self: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self
+
     torch.Tensor.type = type_  # type: ignore[method-assign]
+    torch.Tensor.cuda = cuda  # type: ignore[method-assign]
     try:
         yield
     finally:
-        torch.Tensor.type = original  # type: ignore[method-assign]
+        torch.Tensor.type = original_type  # type: ignore[method-assign]
+        torch.Tensor.cuda = original_cuda  # type: ignore[method-assign]
 
 
-def _reporting_cuda_types(fn: Callable[..., Any]) -> Callable[..., Any]:
+def _acting_as_cuda(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with _cpu_tensors_report_cuda_types():
+        with _cpu_tensors_act_as_cuda():
             return fn(*args, **kwargs)
 
     return wrapper
 
 
-def _patch_optimizer_param_type_checks() -> None:
-    """Let the optimizers accept CPU tensors where they check CUDA type names.
+def _patch_cuda_tensor_assumptions() -> None:
+    """Let four functions that assume CUDA tensors accept CPU ones.
 
-    Targets: ``param.type() == 'torch.cuda.FloatTensor'`` (and Half/BFloat16) in
-    ``DistributedOptimizer._build_model_and_main_param_groups``,
+    Targets (megatron-core 0.16.1): ``param.type() == 'torch.cuda.FloatTensor'``
+    (and Half/BFloat16) in ``DistributedOptimizer._build_model_and_main_param_groups``,
     ``Float16OptimizerWithFloat16Params.__init__`` and
-    ``clip_grad_by_total_norm_fp32`` (megatron-core 0.16.1).
-    Why scoped: only while those three functions run do CPU tensors report the
-    CUDA type name of the same dtype; nothing else sees the change.
-    Drop when: the checks use ``tensor.dtype``.
+    ``clip_grad_by_total_norm_fp32``; ``weight.data.cuda()`` in
+    ``LanguageModule.setup_embeddings_and_output_layer`` (tied embeddings with PP>1).
+    Why scoped: only while those functions run do CPU tensors report CUDA type
+    names and stay put on ``.cuda()``; on a CPU-only build both would otherwise
+    raise, and nothing outside the four functions sees the change.
+    Drop when: the checks use ``tensor.dtype`` / the model's device.
     """
+    from megatron.core.models.common.language_module import language_module
     from megatron.core.optimizer import clip_grads, distrib_optimizer, optimizer
 
-    scoped = _reporting_cuda_types
-    clip = scoped(clip_grads.clip_grad_by_total_norm_fp32)
+    clip = _acting_as_cuda(clip_grads.clip_grad_by_total_norm_fp32)
     clip_grads.clip_grad_by_total_norm_fp32 = clip
     optimizer.clip_grad_by_total_norm_fp32 = clip  # imported by name there
 
     dist_opt = distrib_optimizer.DistributedOptimizer
     build = dist_opt.__dict__["_build_model_and_main_param_groups"].__func__
-    dist_opt._build_model_and_main_param_groups = classmethod(scoped(build))
+    dist_opt._build_model_and_main_param_groups = classmethod(_acting_as_cuda(build))
     fp16_opt = optimizer.Float16OptimizerWithFloat16Params
-    fp16_opt.__init__ = scoped(fp16_opt.__init__)
+    fp16_opt.__init__ = _acting_as_cuda(fp16_opt.__init__)
+
+    module = language_module.LanguageModule
+    module.setup_embeddings_and_output_layer = _acting_as_cuda(
+        module.setup_embeddings_and_output_layer
+    )
