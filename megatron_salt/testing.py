@@ -7,6 +7,7 @@ most of the start-up cost of a multi-process test on CPU.
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import socket
@@ -23,6 +24,19 @@ import torch.multiprocessing as mp
 
 class RankFailed(RuntimeError):
     """A rank raised; the message carries that rank's traceback."""
+
+
+@functools.cache
+def _share_checkpoint_writer_queue() -> None:
+    """Start dist_checkpointing's result-queue manager once, in the parent.
+
+    Megatron-Core's filesystem writer lazily starts a ``spawn``-ed manager process
+    (seconds on CPU: the child re-imports ``__main__``) the first time a process
+    saves. Forked ranks inherit the parent's manager instead of each starting one.
+    """
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    filesystem_async._get_write_results_queue()
 
 
 def free_port() -> int:
@@ -84,6 +98,7 @@ def run_on_ranks(
     applied; it sets up Megatron's parallel state itself (it knows the layout).
     Raises :class:`RankFailed` with the first failing rank's traceback.
     """
+    _share_checkpoint_writer_queue()
     ctx = mp.get_context("fork")
     results = ctx.Queue()
     port = free_port()

@@ -1,0 +1,162 @@
+"""Dataclass configs shared by training, the teacher and the tools.
+
+:class:`ModelConfig` is the architecture as a checkpoint records it. A SALT
+teacher is "any checkpoint written by pretrain_salt.py": its saved ModelConfig
+(``model_config.json`` inside the checkpoint) is all that is needed to rebuild
+it, at whatever tensor/pipeline sizes the student run asks for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MODEL_CONFIG_FILE = "model_config.json"
+
+
+def pad_vocab_size(vocab_size: int, divisible_by: int, tensor_parallel_size: int) -> int:
+    """Megatron's padding: round up to a multiple of ``divisible_by * TP``.
+
+    The padded columns exist so every TP rank holds an equal, aligned vocab shard.
+    """
+    multiple = divisible_by * tensor_parallel_size
+    return int(math.ceil(vocab_size / multiple) * multiple)
+
+
+@dataclass
+class ModelConfig:
+    """GPT architecture: everything needed to rebuild the model from a checkpoint."""
+
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    seq_length: int
+    vocab_size: int  # the tokenizer's true vocab size
+    ffn_hidden_size: int | None = None
+    num_query_groups: int | None = None
+    max_position_embeddings: int | None = None
+    make_vocab_size_divisible_by: int = 128
+    position_embedding_type: str = "rope"
+    rotary_base: int = 10000
+    rotary_percent: float = 1.0
+    normalization: str = "LayerNorm"
+    swiglu: bool = False
+    add_bias_linear: bool = True
+    untie_embeddings_and_output_weights: bool = False
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    init_method_std: float = 0.02
+    # Set in saved checkpoints: the padded vocab the weights were trained with.
+    # A teacher is rebuilt with exactly this size at any TP (it divides by any
+    # TP that divides Megatron's 128*TP padding), so its checkpoint always loads.
+    trained_padded_vocab_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.ffn_hidden_size is None:
+            self.ffn_hidden_size = 4 * self.hidden_size
+        if self.max_position_embeddings is None:
+            self.max_position_embeddings = self.seq_length
+
+    def padded_vocab_size(self, tensor_parallel_size: int) -> int:
+        if self.trained_padded_vocab_size is None:
+            return pad_vocab_size(
+                self.vocab_size, self.make_vocab_size_divisible_by, tensor_parallel_size
+            )
+        if self.trained_padded_vocab_size % tensor_parallel_size:
+            raise ValueError(
+                f"the checkpoint's vocab is padded to {self.trained_padded_vocab_size} rows, "
+                f"which TP={tensor_parallel_size} cannot split evenly"
+            )
+        return self.trained_padded_vocab_size
+
+    def num_parameters(self, include_embeddings: bool = True) -> int:
+        """Parameter count (unpadded vocab), for logs and the memory estimator."""
+        h, f, layers = self.hidden_size, self.ffn_hidden_size, self.num_layers
+        groups = self.num_query_groups or self.num_attention_heads
+        kv = 2 * h * groups // self.num_attention_heads
+        bias = 1 if self.add_bias_linear else 0
+        attn = h * (h + kv) + bias * (h + kv) + h * h + bias * h
+        mlp_in = (2 if self.swiglu else 1) * f
+        mlp = h * mlp_in + bias * mlp_in + f * h + bias * h
+        norm = 2 * h if self.normalization == "LayerNorm" else h  # weight (+ bias)
+        total = layers * (attn + mlp + 2 * norm) + norm
+        if include_embeddings:
+            total += self.vocab_size * h
+            if self.untie_embeddings_and_output_weights:
+                total += self.vocab_size * h
+            if self.position_embedding_type == "learned_absolute":
+                total += self.max_position_embeddings * h
+        return total
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}")
+        return cls(**values)
+
+    def save(self, directory: str | Path) -> None:
+        path = Path(directory) / MODEL_CONFIG_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ModelConfig:
+        path = Path(directory) / MODEL_CONFIG_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no model config (not a pretrain_salt.py checkpoint?)")
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+@dataclass
+class ParallelConfig:
+    """How one model is laid out over ranks."""
+
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+
+
+@dataclass
+class PrecisionConfig:
+    bf16: bool = False
+    fp8_format: str | None = None  # "e4m3" | "hybrid" (Transformer Engine only)
+    fp8_recipe: str = "delayed"
+
+    @property
+    def params_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.bf16 else torch.float32
+
+
+@dataclass
+class KDConfig:
+    """SALT's knowledge-distillation phase.
+
+    ``alpha`` is the paper's w in ``(1-w)*CE + w*KD``; ``iters`` is n_KD, after
+    which the teacher is released and training is plain next-token prediction.
+    """
+
+    teacher_load: str | None = None
+    teacher_tensor_model_parallel_size: int | None = None  # None: the student's
+    teacher_pipeline_model_parallel_size: int = 1
+    alpha: float = 0.5
+    temperature: float = 1.0
+    top_k: int | None = None
+    iters: int = 0
+    schedule: str = "constant"
+    data_path: list[str] | None = None
+    data_selection: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """A teacher runs for the first ``iters`` steps (with ``alpha == 0`` it is only
+        measured: its loss and agreement are logged, the student trains on CE alone)."""
+        return self.teacher_load is not None and self.iters > 0

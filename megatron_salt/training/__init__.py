@@ -1,0 +1,1 @@
+"""Training: the loop of pretrain_salt.py, its data, checkpoints and flags."""

@@ -1,0 +1,211 @@
+"""Sharded checkpoints with Megatron-Core's ``dist_checkpointing``, written atomically.
+
+Layout (Megatron-LM's, so its tooling recognises it)::
+
+    {save}/latest_checkpointed_iteration.txt
+    {save}/iter_0000100/            dist_checkpointing files
+    {save}/iter_0000100/model_config.json
+    {save}/iter_0000100/run_args.json
+
+A checkpoint holds the student model, the optimizer, the LR scheduler, every
+rank's RNG states, the iteration and the data position (samples consumed on
+each dataset). It never holds the teacher. Each save goes to
+``iter_N.partial`` and is renamed only after every rank has finished, and the
+tracker file is replaced atomically after that, so a run killed mid-save resumes
+from the previous complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing, parallel_state
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+from megatron_salt.config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+TRACKER_FILE = "latest_checkpointed_iteration.txt"
+RUN_ARGS_FILE = "run_args.json"
+OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_sharded_model_space"}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, incomplete, or does not fit this run."""
+
+
+def iteration_dir(root: str | Path, iteration: int) -> Path:
+    return Path(root) / f"iter_{iteration:07d}"
+
+
+def latest_iteration(root: str | Path) -> int | None:
+    tracker = Path(root) / TRACKER_FILE
+    if not tracker.is_file():
+        return None
+    text = tracker.read_text().strip()
+    if not text.isdigit():
+        raise CheckpointError(f"{tracker}: expected an iteration number, found {text!r}")
+    return int(text)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint root (with a tracker file) or an ``iter_N`` directory -> the iter dir."""
+    path = Path(path)
+    if (path / "model_config.json").is_file():
+        return path
+    iteration = latest_iteration(path)
+    if iteration is None:
+        raise CheckpointError(
+            f"{path}: no {TRACKER_FILE} and no model_config.json: not a checkpoint"
+        )
+    ckpt = iteration_dir(path, iteration)
+    if not ckpt.is_dir():
+        raise CheckpointError(
+            f"{path}: {TRACKER_FILE} names iteration {iteration} but {ckpt} is missing"
+        )
+    return ckpt
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)
+
+
+def _rng_sharded_object(data: Any = None) -> ShardedObject:
+    """Per-rank RNG state, addressed by (pp, tp, dp) so each rank gets its own back."""
+    shape = (
+        parallel_state.get_pipeline_model_parallel_world_size(),
+        parallel_state.get_tensor_model_parallel_world_size(),
+        parallel_state.get_data_parallel_world_size(),
+    )
+    offset = (
+        parallel_state.get_pipeline_model_parallel_rank(),
+        parallel_state.get_tensor_model_parallel_rank(),
+        parallel_state.get_data_parallel_rank(),
+    )
+    return ShardedObject("rng_state", data, shape, offset, replica_id=0)
+
+
+def _capture_rng() -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        "tracker": {k: v.clone() for k, v in get_cuda_rng_tracker().get_states().items()},
+    }
+
+
+def _restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _layout() -> dict[str, int]:
+    return {
+        "tensor_model_parallel_size": parallel_state.get_tensor_model_parallel_world_size(),
+        "pipeline_model_parallel_size": parallel_state.get_pipeline_model_parallel_world_size(),
+        "data_parallel_size": parallel_state.get_data_parallel_world_size(),
+    }
+
+
+def _sharded_state(
+    model: torch.nn.Module, optimizer: Any | None, *, is_loading: bool
+) -> dict[str, Any]:
+    model_sd = _unwrap(model).sharded_state_dict()
+    state: dict[str, Any] = {"model": model_sd}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(
+            model_sd, is_loading=is_loading, metadata=OPTIMIZER_METADATA
+        )
+    return state
+
+
+def save_checkpoint(
+    root: str | Path,
+    iteration: int,
+    *,
+    model: torch.nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    train_state: dict[str, Any],
+    model_cfg: ModelConfig,
+    run_args: dict[str, Any],
+) -> Path:
+    """Save atomically (collective over all ranks); return the final directory."""
+    root = Path(root)
+    final = iteration_dir(root, iteration)
+    partial = final.with_name(final.name + ".partial")
+    rank = dist.get_rank()
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        if partial.exists():
+            shutil.rmtree(partial)  # left by a run killed mid-save
+        partial.mkdir()
+    dist.barrier()
+
+    state = _sharded_state(model, optimizer, is_loading=False)
+    state["rng_state"] = _rng_sharded_object(_capture_rng())
+    state["opt_param_scheduler"] = scheduler.state_dict()
+    state["train_state"] = dict(train_state, layout=_layout())
+    dist_checkpointing.save(state, str(partial))
+
+    if rank == 0:
+        model_cfg.save(partial)
+        (partial / RUN_ARGS_FILE).write_text(
+            json.dumps(run_args, indent=2, sort_keys=True, default=str)
+        )
+    dist.barrier()
+    if rank == 0:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        tracker = root / TRACKER_FILE
+        tmp = tracker.with_suffix(".tmp")
+        tmp.write_text(f"{iteration}\n")
+        os.replace(tmp, tracker)
+    dist.barrier()
+    return final
+
+
+def load_checkpoint(
+    root: str | Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    load_optimizer: bool = True,
+    load_rng: bool = True,
+) -> dict[str, Any]:
+    """Restore everything :func:`save_checkpoint` wrote; return its ``train_state``."""
+    ckpt = resolve_checkpoint(root)
+    common = dist_checkpointing.load_common_state_dict(str(ckpt))
+    train_state = common["train_state"]
+    same_layout = train_state.get("layout") == _layout()
+    state = _sharded_state(model, optimizer if load_optimizer else None, is_loading=True)
+    if load_rng and same_layout:
+        state["rng_state"] = _rng_sharded_object()
+    loaded = dist_checkpointing.load(state, str(ckpt))
+    _unwrap(model).load_state_dict(loaded["model"])
+    if load_optimizer:
+        optimizer.load_state_dict(loaded["optimizer"])
+        scheduler.load_state_dict(loaded["opt_param_scheduler"])
+    if "rng_state" in state:
+        _restore_rng(loaded["rng_state"])
+    elif load_rng:
+        logger.warning(
+            "checkpoint %s was saved with layout %s, this run is %s: RNG states not restored",
+            ckpt,
+            train_state.get("layout"),
+            _layout(),
+        )
+    logger.info("loaded checkpoint %s (iteration %d)", ckpt, train_state["iteration"])
+    return train_state

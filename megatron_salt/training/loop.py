@@ -1,0 +1,94 @@
+"""The training loop of ``pretrain_salt.py``.
+
+One procedural function, in the order a reader expects: distributed set-up,
+student (model, DDP, optimizer, LR schedule), data, checkpoint resume, teacher,
+then the steps. The KD phase is the first ``--kd-iters`` steps: the teacher
+runs inside the student's ``forward_step`` and the loss is
+``(1-w)*CE + w*KD``; at ``--kd-iters`` the teacher, its process groups and its
+memory are released and training continues as plain next-token prediction.
+Without ``--kd-teacher-load`` this is a plain Megatron-Core GPT pretraining run,
+the baseline SALT is compared against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import sys
+import warnings
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from megatron_salt.compat import (
+    apply_cpu_patches,
+    describe_backends,
+    quiet_optional_backend_warnings,
+)
+from megatron_salt.training.arguments import FlagError, parse_args
+
+logger = logging.getLogger("megatron_salt")
+
+
+def _setup_logging(rank: int) -> None:
+    logging.basicConfig(
+        level=logging.INFO
+        if rank in (0, int(os.environ.get("WORLD_SIZE", "1")) - 1)
+        else logging.WARNING,
+        format=f"[rank{rank}] %(message)s",
+        stream=sys.stdout,
+        force=True,
+    )
+    quiet_optional_backend_warnings()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r".*cuda_graph_scope.*")
+    for noisy in ("megatron.core", "torch.distributed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def initialize_distributed(args: argparse.Namespace) -> None:
+    """torchrun's environment -> a process group (gloo on CPU, nccl on GPU)."""
+    apply_cpu_patches()
+    if dist.is_initialized():
+        return
+    backend = args.distributed_backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29500")
+    dist.init_process_group(
+        backend,
+        rank=int(os.environ.get("RANK", "0")),
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        timeout=datetime.timedelta(minutes=10),
+    )
+
+
+def pretrain(args: argparse.Namespace) -> dict[str, Any]:
+    """Run training; return a summary (final losses, timings) for callers and tests."""
+    from megatron_salt.training.trainer import Trainer
+
+    initialize_distributed(args)
+    _setup_logging(dist.get_rank())
+    logger.info("megatron-salt: %s", describe_backends())
+    trainer = Trainer(args)
+    try:
+        return trainer.train()
+    finally:
+        trainer.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+        pretrain(args)
+    except FlagError as err:
+        print(err.code, file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0

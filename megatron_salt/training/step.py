@@ -1,0 +1,176 @@
+"""The ``forward_step_func`` and ``loss_func`` handed to Megatron-Core's pipeline schedules.
+
+On the student's last stage the loss is ``(1-w)*CE + w*KD`` (SALT), with both
+terms computed from the same vocab-parallel logits; ``w = 0`` or no teacher is
+plain next-token prediction. Everything returned in the report dictionary is a
+``[sum, count]`` pair so the trainer can average over micro-batches and
+data-parallel ranks exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state, tensor_parallel
+
+from megatron_salt.distill import combine_salt_loss, vocab_parallel_kd_loss
+from megatron_salt.teacher import Teacher
+
+
+@dataclass
+class KDStepConfig:
+    """What the loss needs to know about KD for the current step."""
+
+    teacher: Teacher
+    weight: float
+    temperature: float
+    top_k: int | None
+    vocab_size: int  # true vocab size: padded columns carry no probability
+    measure: bool = False  # also compute teacher LM loss and top-1 agreement
+
+
+@dataclass
+class StepTimes:
+    teacher_s: float = 0.0
+    kd_loss_s: float = 0.0
+    synchronize: bool = False  # make GPU timings honest (costs a sync per micro-batch)
+
+    def now(self) -> float:
+        if self.synchronize and torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+
+@dataclass
+class ForwardStep:
+    """Callable passed as ``forward_step_func`` to ``get_forward_backward_func()``."""
+
+    kd: KDStepConfig | None = None
+    times: StepTimes = field(default_factory=StepTimes)
+
+    def __call__(self, data_iterator: Iterator[dict[str, torch.Tensor]], model: torch.nn.Module):
+        batch = next(data_iterator)
+        teacher_logits = None
+        if self.kd is not None:
+            start = self.times.now()
+            teacher_logits = self.kd.teacher.forward(batch)
+            self.times.teacher_s += self.times.now() - start
+        logits = model(
+            batch["tokens"],
+            batch["position_ids"],
+            batch.get("attention_mask"),
+            labels=batch["labels"],
+        )
+        return logits, partial(self.loss, batch, teacher_logits)
+
+    def loss(
+        self,
+        batch: dict[str, torch.Tensor],
+        teacher_logits: torch.Tensor | None,
+        logits: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """``logits``: ``[s, b, v/tp]`` from :class:`SaltGPTModel` on the last stage."""
+        labels = batch["labels"].t().contiguous()
+        loss_mask = batch["loss_mask"].t().float()
+        kd = self.kd
+        kd_loss = None
+        if teacher_logits is not None:
+            start = self.times.now()
+            kd_loss = vocab_parallel_kd_loss(
+                logits,
+                teacher_logits,
+                vocab_size=kd.vocab_size,
+                temperature=kd.temperature,
+                top_k=kd.top_k,
+            )
+            self.times.kd_loss_s += self.times.now() - start
+        # Megatron's vocab-parallel CE works in place on fp32 logits; the KD loss
+        # still needs them for its backward, so give the CE its own copy then.
+        ce_logits = (
+            logits.clone() if kd_loss is not None and logits.dtype == torch.float32 else logits
+        )
+        lm_loss = tensor_parallel.vocab_parallel_cross_entropy(ce_logits, labels)
+        parts = combine_salt_loss(lm_loss, kd_loss, loss_mask, kd.weight if kd else 0.0)
+        count = parts.num_tokens.detach().float()
+        report = {
+            "lm loss": torch.stack([parts.lm_sum.detach().float(), count]),
+            "total loss": torch.stack([parts.total_sum.detach().float(), count]),
+        }
+        if kd_loss is not None:
+            report["kd loss"] = torch.stack([parts.kd_sum.detach().float(), count])
+            if kd.measure:
+                report.update(
+                    _teacher_measures(logits, teacher_logits, labels, loss_mask, kd.vocab_size)
+                )
+        # clone: the schedule divides the returned loss in place.
+        return parts.total_sum.clone(), parts.num_tokens, report
+
+
+@torch.no_grad()
+def _teacher_measures(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    loss_mask: torch.Tensor,
+    vocab_size: int,
+) -> dict[str, torch.Tensor]:
+    teacher_ce = tensor_parallel.vocab_parallel_cross_entropy(
+        teacher_logits.detach().to(torch.float32, copy=True), labels
+    )
+    agree = (
+        vocab_parallel_argmax(student_logits.detach(), vocab_size)
+        == vocab_parallel_argmax(teacher_logits.detach(), vocab_size)
+    ).float()
+    count = loss_mask.sum()
+    return {
+        "teacher lm loss": torch.stack([(teacher_ce * loss_mask).sum(), count]),
+        "top1 agreement": torch.stack([(agree * loss_mask).sum(), count]),
+    }
+
+
+def vocab_parallel_argmax(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Global argmax over a TP-sharded vocab (ignoring padded columns), without gathering it."""
+    group = parallel_state.get_tensor_model_parallel_group()
+    rank = parallel_state.get_tensor_model_parallel_rank()
+    local_vocab = logits.size(-1)
+    offset = rank * local_vocab
+    logits = logits.float()
+    valid = max(0, min(local_vocab, vocab_size - offset))
+    if valid < local_vocab:
+        logits = (
+            logits[..., :valid] if valid > 0 else torch.full_like(logits[..., :1], float("-inf"))
+        )
+    value, index = logits.max(dim=-1)
+    index = index + offset
+    world = parallel_state.get_tensor_model_parallel_world_size()
+    if world == 1:
+        return index
+    values = [torch.empty_like(value) for _ in range(world)]
+    indices = [torch.empty_like(index) for _ in range(world)]
+    dist.all_gather(values, value, group=group)
+    dist.all_gather(indices, index, group=group)
+    best = torch.stack(values).argmax(dim=0, keepdim=True)  # first max wins: lowest vocab id
+    return torch.stack(indices).gather(0, best).squeeze(0)
+
+
+def reduce_reports(
+    reports: list[dict[str, torch.Tensor]], group: dist.ProcessGroup | None
+) -> dict[str, float]:
+    """Average ``[sum, count]`` reports over micro-batches and the data-parallel group."""
+    if not reports:
+        return {}
+    keys = sorted(reports[0])
+    totals = torch.stack([sum(r[k] for r in reports) for k in keys]).double()
+    if group is not None and dist.get_world_size(group) > 1:
+        dist.all_reduce(totals, group=group)
+    return {
+        k: (s / c).item() if c > 0 else float("nan") for k, (s, c) in zip(keys, totals, strict=True)
+    }
+
+
+LossFunc = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]
