@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import logging
 import math
+import os
 import time
 from collections import defaultdict
 from typing import Any
@@ -97,6 +98,8 @@ class Trainer:
                 ) from None
 
         self.metrics = MetricsLog(args.save if self.is_logging_rank else None, resumed)
+        if self.is_logging_rank:
+            self.metrics.write("run", self.iteration, self._run_header())
         self.wandb = WandbLog(
             project=args.wandb_project if self.is_logging_rank else None,
             name=args.wandb_exp_name,
@@ -116,6 +119,27 @@ class Trainer:
             args.data_parallel_size,
             args.num_microbatches,
         )
+
+    def _run_header(self) -> dict[str, Any]:
+        """What kind of run this is, for tools/compare_runs.py (one record per launch)."""
+        args = self.args
+        return {
+            "mode": "salt" if self.kd.enabled else "baseline",
+            "name": args.wandb_exp_name
+            or (os.path.basename(os.path.normpath(args.save)) if args.save else None),
+            "train_iters": args.train_iters,
+            "global_batch_size": args.global_batch_size,
+            "seq_length": args.seq_length,
+            "num_parameters": self.model_cfg.num_parameters(),
+            "kd_teacher_load": self.kd.teacher_load,
+            "kd_iters": self.kd.iters,
+            "kd_alpha": self.kd.alpha if self.kd.enabled else None,
+            "kd_temperature": self.kd.temperature if self.kd.enabled else None,
+            "kd_top_k": self.kd.top_k,
+            "kd_schedule": self.kd.schedule if self.kd.enabled else None,
+            "kd_data_path": self.kd.data_path,
+            "kd_data_selection": self.kd.data_selection,
+        }
 
     # --- construction -------------------------------------------------------
 
