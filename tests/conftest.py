@@ -70,3 +70,26 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> TinyData:
         builder.add_document(torch.tensor(ids), [len(ids)])
     builder.finalize(prefix + ".idx")
     return TinyData(str(out / "spm.model"), prefix, sp.get_piece_size(), len(texts))
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tiny_data, tmp_path_factory):
+    """(teacher checkpoint, student initial weights) for the training tests (see salt_runs.py)."""
+    from salt_runs import STUDENT, TEACHER, common_args, pretrain_on
+
+    root = tmp_path_factory.mktemp("ckpts")
+    teacher = root / "teacher"
+    # A different vocab padding than the students' (64 vs 96) exercises the
+    # teacher-to-student vocab alignment.
+    pretrain_on(
+        1,
+        [*TEACHER, *common_args(tiny_data, teacher, "--train-iters", "12",
+                                "--make-vocab-size-divisible-by", "64")],
+    )  # fmt: skip
+    student = root / "student_init"
+    init = ["--train-iters", "1", "--lr", "1e-5", "--min-lr", "1e-6"]
+    pretrain_on(
+        1,
+        [*STUDENT, *common_args(tiny_data, student, *init, "--make-vocab-size-divisible-by", "96")],
+    )
+    return teacher, student

@@ -1,9 +1,4 @@
-"""pretrain_salt.py end to end: real GPTModel, real schedules, real gloo ranks, real data.
-
-A small teacher is trained once (TP=1) and saved; a student's initial weights are
-saved once. Every SALT run below starts from those two checkpoints, so runs at
-different TP/PP layouts see the same weights and the same batches.
-"""
+"""pretrain_salt.py end to end: real GPTModel, real schedules, real gloo ranks, real data."""
 
 from __future__ import annotations
 
@@ -13,89 +8,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-
-from megatron_salt.testing import run_on_ranks
-
-REPO = Path(__file__).resolve().parents[1]
-TEACHER = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4"]
-STUDENT = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4"]
-
-
-def common_args(data, save: Path, *extra: str) -> list[str]:
-    return [
-        "--seq-length", "64",
-        "--micro-batch-size", "2",
-        "--global-batch-size", "4",
-        "--lr", "2e-3",
-        "--min-lr", "1e-4",
-        "--lr-decay-style", "cosine",
-        "--data-path", data.prefix,
-        "--split", "90,10,0",
-        "--tokenizer-type", "SentencePieceTokenizer",
-        "--tokenizer-model", data.tokenizer_model,
-        "--log-interval", "1",
-        "--eval-interval", "1000",
-        "--eval-iters", "2",
-        "--save", str(save),
-        *extra,
-    ]  # fmt: skip
-
-
-def _pretrain(argv: list[str]):
-    from megatron_salt.training.arguments import parse_args
-    from megatron_salt.training.loop import pretrain
-
-    return pretrain(parse_args(argv))
-
-
-def pretrain_on(world_size: int, argv: list[str]):
-    return run_on_ranks(_pretrain, world_size, argv, timeout=240)[-1]
-
-
-def records(run_dir: Path, kind: str = "train") -> list[dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["kind"] == kind]
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tiny_data, tmp_path_factory):
-    """(teacher checkpoint, student initial weights) shared by the tests below."""
-    root = tmp_path_factory.mktemp("ckpts")
-    teacher = root / "teacher"
-    # A different vocab padding than the students' (64 vs 96) exercises the
-    # teacher-to-student vocab alignment.
-    pretrain_on(
-        1,
-        [*TEACHER, *common_args(tiny_data, teacher, "--train-iters", "12",
-                                "--make-vocab-size-divisible-by", "64")],
-    )  # fmt: skip
-    student = root / "student_init"
-    init = ["--train-iters", "1", "--lr", "1e-5", "--min-lr", "1e-6"]
-    pretrain_on(
-        1,
-        [*STUDENT, *common_args(tiny_data, student, *init, "--make-vocab-size-divisible-by", "96")],
-    )
-    return teacher, student
-
-
-def student_args(data, checkpoints, save: Path, *extra: str) -> list[str]:
-    """The student, starting from the shared initial weights (a baseline run)."""
-    return [
-        *STUDENT,
-        *common_args(data, save, "--make-vocab-size-divisible-by", "96"),
-        "--load", str(checkpoints[1]), "--finetune",
-        *extra,
-    ]  # fmt: skip
-
-
-def salt_args(data, checkpoints, save: Path, *extra: str) -> list[str]:
-    teacher = str(checkpoints[0])
-    kd = ["--kd-teacher-load", teacher, "--kd-alpha", "0.6", "--kd-temperature", "2.0"]
-    return student_args(data, checkpoints, save, *kd, *extra)
-
+from salt_runs import (
+    REPO,
+    pretrain_on,
+    records,
+    salt_args,
+    student_args,
+)
 
 EXACT_LAYOUT = ["--hidden-dropout", "0", "--attention-dropout", "0"]
 COMPARED = ("lm_loss", "kd_loss", "total_loss", "teacher_lm_loss", "grad_norm")
