@@ -21,15 +21,19 @@ API, which loops in C++/Rust instead of Python.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
+import numpy as np
+
 TOKENIZER_TYPES = ("SentencePieceTokenizer", "GPTSentencePieceTokenizer", "HuggingFaceTokenizer")
 
 # Tried in order when a Hugging Face tokenizer has no tokenizer_config.json naming its EOS.
 HF_EOS_CANDIDATES = ("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "<|eos|>")
+HF_PAD_CANDIDATES = ("<pad>", "[PAD]", "<|pad|>")
 
 
 class TokenizerError(ValueError):
@@ -52,6 +56,17 @@ class Tokenizer(ABC):
         """Token ids of one text (no BOS/EOS added)."""
         return self.encode_batch([text])[0]
 
+    def encode_batch_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``encode_batch`` as two arrays: all ids concatenated, and each text's length.
+
+        The preprocessing workers' path: it skips building a Python int per token where the
+        library can hand out arrays directly.
+        """
+        token_lists = self.encode_batch(texts)
+        lengths = np.fromiter(map(len, token_lists), np.int64, len(token_lists))
+        flat = np.fromiter(itertools.chain.from_iterable(token_lists), np.int64, int(lengths.sum()))
+        return flat, lengths
+
     @abstractmethod
     def decode(self, ids: Sequence[int]) -> str:
         """Text of a sequence of ids."""
@@ -59,6 +74,22 @@ class Tokenizer(ABC):
     def describe(self) -> dict:
         """JSON-able identity of the tokenizer, recorded in preprocessing summaries."""
         return {"type": type(self).__name__, "vocab_size": self.vocab_size, "eod": self.eod}
+
+    # What Megatron-Core's GPTDataset reads from ``GPTDatasetConfig.tokenizer``, so one of
+    # these can be passed there directly.
+
+    #: Padding id, or -1 (Megatron-Core's "no pad") when the vocabulary has none. GPTDataset
+    #: masks labels equal to it out of the loss.
+    pad: int = -1
+
+    @property
+    def eos(self) -> int:
+        return self.eod
+
+    @property
+    def unique_identifiers(self) -> dict:
+        """Part of the key of Megatron-Core's dataset index cache (``path_to_cache``)."""
+        return {"class": f"{type(self).__module__}.{type(self).__qualname__}", **self.describe()}
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -95,8 +126,10 @@ class SentencePieceTokenizer(Tokenizer):
                 f"--tokenizer-model: sentencepiece model {model_file!r} has no EOS piece "
                 "(trained with eos_id=-1); EOD needs one"
             )
+        # sentencepiece >= 0.2.1 can return numpy arrays, skipping a Python int per token.
+        self._numpy_output = _sentencepiece_has_numpy_output()
         self.bos = self._sp.bos_id()
-        self.pad = self._sp.pad_id()
+        self.pad = self._sp.pad_id()  # -1 when the model has none
         self.unk = self._sp.unk_id()
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
@@ -106,6 +139,15 @@ class SentencePieceTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         return self._sp.encode(text, out_type=int)
+
+    def encode_batch_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        if not self._numpy_output:
+            return super().encode_batch_flat(texts)
+        if not texts:
+            return np.zeros(0, np.int32), np.zeros(0, np.int64)
+        arrays = self._sp.encode(list(texts), out_type="numpy", num_threads=self.num_threads)
+        lengths = np.fromiter(map(len, arrays), np.int64, len(arrays))
+        return np.concatenate(arrays), lengths
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._sp.decode([int(i) for i in ids])
@@ -117,6 +159,13 @@ class SentencePieceTokenizer(Tokenizer):
             "vocab_size": self.vocab_size,
             "eod": self.eod,
         }
+
+
+def _sentencepiece_has_numpy_output() -> bool:
+    import sentencepiece
+
+    dispatch = getattr(sentencepiece, "_ENCODE_DISPATCH", None)
+    return isinstance(dispatch, dict) and "numpy" in dispatch.get(True, {})
 
 
 class HuggingFaceTokenizer(Tokenizer):
@@ -149,6 +198,15 @@ class HuggingFaceTokenizer(Tokenizer):
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         self.eos_token = self._find_eos_token(json_path)
         self.eod = self._tok.token_to_id(self.eos_token)
+        pad = next(
+            (
+                self._tok.token_to_id(t)
+                for t in HF_PAD_CANDIDATES
+                if self._tok.token_to_id(t) is not None
+            ),
+            None,
+        )
+        self.pad = -1 if pad is None else pad
         # encode_batch_fast (tokenizers >= 0.20) skips computing character offsets.
         self._encode_batch = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
 
