@@ -1,0 +1,61 @@
+#!/usr/bin/env python
+"""Compare SALT runs with their baseline: a markdown table and a PNG (see docs/compare_runs.md).
+
+    python tools/compare_runs.py demo_out/runs/baseline demo_out/runs/salt demo_out/runs/salt_ds \
+        --out demo_out/report/compare
+
+Each RUN_DIR is a run's --save directory (its metrics.jsonl), a wandb directory, a wandb
+offline-run-* directory or a .wandb file. Writes PREFIX.png and PREFIX.md and prints the table.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from megatron_salt.report import (
+    ReportError,
+    disambiguate_names,
+    load_run,
+    pick_baseline,
+    write_report,
+)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="compare_runs", description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="runs to compare")
+    parser.add_argument(
+        "--baseline",
+        metavar="RUN_DIR",
+        default=None,
+        help="the baseline run (default: the one run that logged mode 'baseline')",
+    )
+    parser.add_argument(
+        "--out", default="compare_runs", metavar="PREFIX", help="writes PREFIX.png and PREFIX.md"
+    )
+    parser.add_argument("--title", default="SALT vs baseline", help="title of the plot and table")
+    args = parser.parse_args(argv)
+
+    try:
+        paths = [Path(p) for p in args.runs]
+        runs = [load_run(p) for p in paths]
+        baseline = None
+        if args.baseline is not None:
+            wanted = Path(args.baseline).resolve()
+            listed = [r for p, r in zip(paths, runs, strict=True) if p.resolve() == wanted]
+            baseline = listed[0] if listed else load_run(args.baseline)
+            if not listed:
+                runs.insert(0, baseline)
+        baseline = pick_baseline(runs, baseline)
+        disambiguate_names(runs)
+        png, md, text = write_report(runs, baseline, args.out, title=args.title)
+    except (ReportError, OSError) as err:
+        print(f"compare_runs: error: {err}", file=sys.stderr)
+        return 2
+    print(text, end="")
+    print(f"wrote {md} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
