@@ -590,7 +590,8 @@ def markdown_report(
 ) -> str:
     target = baseline.final_val
     intervals = sorted({i for r in rows if (i := _eval_interval(r.run)) is not None})
-    interval_text = " / ".join(str(i) for i in intervals) or "unknown"
+    interval_text = " / ".join(str(i) for i in intervals) or "?"
+    interval_text += " step" if intervals == [1] else " steps"
     parts = [
         f"# {title}\n",
         f"Baseline: **{baseline.name}** (`{baseline.source}`), final validation loss "
@@ -603,7 +604,7 @@ def markdown_report(
         "- *reaches*: the first validation evaluation whose loss is at or below the "
         f"baseline's final validation loss ({target.value:.4f}). There is no interpolation "
         "between evaluations, so the step is only as precise as `--eval-interval` "
-        f"(here every {interval_text} steps, plus the last step).",
+        f"(here every {interval_text}, plus the last step).",
         "- *% of baseline steps* / *time*: that evaluation's step / training time over the "
         "step / training time of the baseline's final evaluation.",
         "- *train time*: cumulative optimizer-step wall-clock (`train_time_s`; it includes "
@@ -735,6 +736,12 @@ def plot_comparison(
                         ha="center",
                         color=colour,
                         fontweight="bold",
+                        bbox={
+                            "boxstyle": "round,pad=0.15",
+                            "fc": "white",
+                            "ec": "none",
+                            "alpha": 0.8,
+                        },
                     )
 
     for col in range(2):
