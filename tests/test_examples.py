@@ -1,0 +1,222 @@
+"""examples/pile_2p8b_1p5b: the scripts are valid bash, and the command lines they build pass
+pretrain_salt.py's own parser and validation, so the example cannot rot when flags change.
+
+No GPU or cluster here: the checks run the real scripts with PRINT_ARGS / DRY_RUN, and the
+SLURM launcher with stand-ins for ``srun`` and ``scontrol`` on PATH.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from torch.distributed.run import get_args_parser as torchrun_parser
+
+from megatron_salt.training import arguments
+from megatron_salt.training.arguments import build_parser, validate_args
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "pile_2p8b_1p5b"
+SCRIPTS = [EXAMPLE / name for name in ("config.sh", "train.sh", "launch_slurm.sbatch")]
+NODES, GPUS_PER_NODE = 8, 8
+
+# The layouts the README and estimate_memory.py discuss, as train.sh environment settings.
+LAYOUTS = [
+    {},
+    {"STUDENT_TP": "2"},
+    {"STUDENT_TP": "2", "KD_TEACHER_TP": "2"},
+    {"STUDENT_PP": "2"},
+    {"STUDENT_PP": "2", "KD_TEACHER_PP": "2"},
+    {"MBS": "8", "FP8_FORMAT": ""},
+]
+
+
+@pytest.fixture
+def paths(tmp_path) -> dict[str, str]:
+    """Stand-ins for the cluster's files: validation checks that they exist."""
+    data = tmp_path / "pile" / "pile_train_text_document"
+    data.parent.mkdir()
+    for suffix in (".bin", ".idx"):
+        data.with_suffix(suffix).write_bytes(b"")
+    tokenizer = tmp_path / "tokenizer.json"
+    tokenizer.write_text("{}")
+    ckpt_root = tmp_path / "ckpt"
+    (ckpt_root / "teacher_1p5b").mkdir(parents=True)
+    return {
+        "DATA_PREFIX": str(data),
+        "TOKENIZER_JSON": str(tokenizer),
+        "CKPT_ROOT": str(ckpt_root),
+        "NNODES": str(NODES),
+        "GPUS_PER_NODE": str(GPUS_PER_NODE),
+    }
+
+
+def _bash(script: Path, env: dict[str, str], *args: str, **kwargs) -> subprocess.CompletedProcess:
+    clean = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
+    return subprocess.run(
+        ["bash", str(script), *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        **kwargs,
+    )
+
+
+def train_args(mode: str, env: dict[str, str]) -> list[str]:
+    out = _bash(EXAMPLE / "train.sh", {**env, "MODE": mode, "PRINT_ARGS": "1"})
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split("\0")[:-1]
+
+
+def test_scripts_are_valid_bash():
+    for script in SCRIPTS:
+        out = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert out.returncode == 0, f"{script.name}: {out.stderr}"
+    if shutil.which("shellcheck") is None:
+        return  # optional tool; `bash -n` above is the required check
+    out = subprocess.run(
+        ["shellcheck", "-x", *(s.name for s in SCRIPTS)],
+        cwd=EXAMPLE,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout
+
+
+def _layout_id(env: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in env.items()) or "default"
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=_layout_id)
+def test_command_lines_validate(paths, layout, monkeypatch):
+    # FP8 needs Transformer Engine, which cannot import without a GPU: the structural
+    # checks of validate_args are what this test is about.
+    monkeypatch.setattr(arguments, "have_transformer_engine", lambda: True)
+    env = {**paths, **layout}
+    world = NODES * GPUS_PER_NODE
+    parsed = {}
+    for mode in ("teacher", "baseline", "salt"):
+        args = build_parser().parse_args(train_args(mode, env))
+        validate_args(args, world_size=world)
+        parsed[mode] = args
+        assert args.save == args.load  # a requeued job resumes
+        assert args.bf16 and args.use_distributed_optimizer
+        assert args.fp8_format == (None if layout.get("FP8_FORMAT") == "" else "hybrid")
+        assert args.lr_decay_style == "cosine" and args.lr_decay_iters == args.train_iters
+        assert args.global_batch_size == 512 and args.seq_length == 2048
+        assert args.tokenizer_type == "HuggingFaceTokenizer"
+        assert args.data_path == [paths["DATA_PREFIX"]]
+        assert args.num_microbatches * args.micro_batch_size * args.data_parallel_size == 512
+
+    salt, baseline, teacher = parsed["salt"], parsed["baseline"], parsed["teacher"]
+    # SALT and baseline: the same student, data and schedule; only the KD flags differ.
+    differing = {k for k in vars(salt) if getattr(salt, k) != getattr(baseline, k)}
+    assert {k for k in differing if not k.startswith("kd_")} == {
+        "save",
+        "load",
+        "wandb_exp_name",
+    }
+    assert salt.wandb_group == baseline.wandb_group != teacher.wandb_group
+    assert salt.wandb_project == baseline.wandb_project == teacher.wandb_project
+    # The paper's schedule: n_KD = 36K of 208K steps, w = 0.5 with a hard switch.
+    assert (salt.train_iters, salt.kd_iters, salt.kd_alpha) == (208_000, 36_000, 0.5)
+    assert (salt.kd_schedule, salt.kd_temperature, salt.kd_top_k) == ("constant", 1.0, None)
+    assert salt.kd_teacher_load == teacher.save
+    assert baseline.kd_teacher_load is None and baseline.kd_iters == 0
+    assert salt.tensor_model_parallel_size == int(layout.get("STUDENT_TP", 1))
+    assert salt.pipeline_model_parallel_size == int(layout.get("STUDENT_PP", 1))
+    assert salt.kd_teacher_tensor_model_parallel_size == int(layout.get("KD_TEACHER_TP", 1))
+    assert salt.kd_teacher_pipeline_model_parallel_size == int(layout.get("KD_TEACHER_PP", 1))
+
+
+def test_torchrun_command(paths):
+    out = _bash(EXAMPLE / "train.sh", {**paths, "MODE": "salt", "DRY_RUN": "1"})
+    assert out.returncode == 0, out.stderr
+    command = shlex.split(out.stdout)
+    assert command[0] == "torchrun"
+    launch = torchrun_parser().parse_args(command[1:])
+    assert (launch.nnodes, launch.nproc_per_node) == (str(NODES), str(GPUS_PER_NODE))
+    assert (launch.rdzv_backend, launch.rdzv_endpoint) == ("c10d", "localhost:29500")
+    assert Path(launch.training_script) == REPO / "pretrain_salt.py"
+    assert launch.training_script_args == train_args("salt", paths)
+
+
+def test_unknown_mode_is_one_line_error(paths):
+    out = _bash(EXAMPLE / "train.sh", {**paths, "MODE": "distill"})
+    assert out.returncode == 2
+    assert out.stderr.strip() == "train.sh: MODE must be teacher, baseline or salt (got 'distill')"
+
+
+def _fake_slurm(bin_dir: Path, log: Path) -> None:
+    """``scontrol`` that lists two hosts and logs requeues; ``srun`` that runs its command
+    once with DRY_RUN=1, then waits for a stop file (a training job that is running)."""
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(
+        "#!/bin/bash\n"
+        'if [[ $1 == show ]]; then printf "gpu-node-017\\ngpu-node-018\\n"; fi\n'
+        f'if [[ $1 == requeue ]]; then echo "requeue $2" >> {log}; fi\n'
+    )
+    (bin_dir / "srun").write_text(
+        "#!/bin/bash\n"
+        f'echo "srun $*" >> {log}\n'
+        "while [[ $1 == -* ]]; do shift; done\n"
+        'DRY_RUN=1 "$@"\n'
+        f'echo "started" >> {log}\n'
+        f"for _ in $(seq 100); do [[ -f {log}.stop ]] && exit 0; sleep 0.1; done\n"
+    )
+    for tool in ("scontrol", "srun"):
+        (bin_dir / tool).chmod(0o755)
+
+
+def test_slurm_launcher_requeues_and_rendezvous(paths, tmp_path):
+    log = tmp_path / "slurm.log"
+    _fake_slurm(tmp_path / "bin", log)
+    env = {
+        **paths,
+        "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+        "MODE": "baseline",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_NNODES": "2",
+        "SLURM_JOB_NODELIST": "gpu-node-[017-018]",
+        "SLURM_SUBMIT_DIR": str(REPO),
+    }
+    del env["NNODES"]  # taken from SLURM_NNODES, as on a cluster
+    proc = subprocess.Popen(
+        ["bash", str(EXAMPLE / "launch_slurm.sbatch")],
+        env={"HOME": os.environ.get("HOME", "/tmp"), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+
+        def wait_for(text: str) -> None:
+            while text not in (log.read_text() if log.exists() else ""):
+                assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+                time.sleep(0.05)
+
+        wait_for("started")  # srun is running the job
+        proc.send_signal(signal.SIGUSR1)  # what SLURM sends 10 minutes before the limit
+        wait_for("requeue")
+        log.with_name(log.name + ".stop").write_text("")  # the job step ends
+        stdout, stderr = proc.communicate(timeout=20)
+    finally:
+        log.with_name(log.name + ".stop").write_text("")
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert f"requeue {env['SLURM_JOB_ID']}" in log.read_text(), stderr
+    assert "srun --ntasks-per-node=1" in log.read_text()
+    torchrun = next(line for line in stdout.splitlines() if line.startswith("torchrun"))
+    launch = torchrun_parser().parse_args(shlex.split(torchrun)[1:])
+    assert launch.nnodes == "2" and launch.rdzv_id == "4242"
+    assert launch.rdzv_endpoint == f"gpu-node-017:{20000 + 4242 % 20000}"
+    assert "--load" in launch.training_script_args
