@@ -132,6 +132,24 @@ def test_resume_mid_kd_and_after_switch_is_bitwise(tiny_data, checkpoints, tmp_p
     )
 
 
+def test_distributed_optimizer_resume_is_bitwise(tiny_data, checkpoints, tmp_path):
+    """DP=2 with --use-distributed-optimizer, a TP=1 teacher replicated over DP."""
+    flags = ["--train-iters", "5", "--kd-iters", "2", "--use-distributed-optimizer"]
+    flags += ["--kd-teacher-tensor-model-parallel-size", "1", "--eval-interval", "5"]
+    pretrain_on(2, salt_args(tiny_data, checkpoints, tmp_path / "full", *flags))
+    parts = tmp_path / "parts"
+    first = salt_args(tiny_data, checkpoints, parts, *flags)
+    pretrain_on(2, [*first, "--exit-interval", "3"])
+    resumed = [a for a in first if a != "--finetune"]
+    resumed[resumed.index("--load") + 1] = str(parts)
+    pretrain_on(2, resumed)
+    full_train, part_train = records(tmp_path / "full"), records(parts)
+    assert [r["iteration"] for r in part_train] == list(range(1, 6))
+    for ref, rec in zip(full_train, part_train, strict=True):
+        for key in RESUME_COMPARED:
+            assert rec.get(key) == ref.get(key), (rec["iteration"], key)
+
+
 def test_killed_run_resumes_from_last_checkpoint_identically(tiny_data, checkpoints, tmp_path):
     """kill -9 a real `python pretrain_salt.py` mid-run, relaunch it, compare with a clean run."""
     kd = ["--train-iters", "8", "--kd-iters", "3", "--save-interval", "2", "--eval-interval", "8"]

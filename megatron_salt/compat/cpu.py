@@ -62,6 +62,7 @@ def apply_cpu_patches() -> bool:
     _patch_cuda_device_literals()
     _patch_rng_tracker()
     _patch_cuda_tensor_assumptions()
+    _patch_distributed_optimizer_resume()
     _APPLIED = True
     logger.info("megatron-salt: CPU/gloo patches for megatron-core %s active", version)
     return True
@@ -276,3 +277,52 @@ def _patch_cuda_tensor_assumptions() -> None:
     module.setup_embeddings_and_output_layer = _acting_as_cuda(
         module.setup_embeddings_and_output_layer
     )
+
+
+# --- 5. resuming the DistributedOptimizer without apex/TE ---------------------
+
+
+def _patch_distributed_optimizer_resume() -> None:
+    """Two fixes on the DistributedOptimizer's load path used without apex/TE (always on CPU).
+
+    Targets (megatron-core 0.16.1):
+
+    * ``sharded_state_dict(..., is_loading=True)`` calls ``state_dict()``, which reads
+      a ``step`` from every parameter's state; a torch Adam that has not stepped yet
+      has none (``assert len(steps) == 1``). Megatron's own remedy for its FSDP path,
+      ``_init_optimizer_states_with_dummy_values()`` (a zero-gradient step), runs
+      first; the load then replaces every value it wrote.
+    * ``load_state_dict`` then takes the per-parameter ``step`` from the parameter
+      state written by that dummy step (1), and gives every state the *same* tensor,
+      which torch's foreach Adam increments once per parameter: resumed runs
+      diverged. Each state gets its own copy of the checkpoint's step (the one
+      ``state_dict()`` stored in the param groups).
+
+    Drop when: the non-apex/TE path keeps per-parameter steps itself.
+    """
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    sharded_state_dict = DistributedOptimizer.sharded_state_dict
+    load_state_dict = DistributedOptimizer.load_state_dict
+
+    @functools.wraps(sharded_state_dict)
+    def sharded_state_dict_with_state(
+        self, model_sharded_state_dict=None, is_loading=False, **kwargs
+    ):
+        if is_loading and not self.optimizer.state:
+            self._init_optimizer_states_with_dummy_values()
+        return sharded_state_dict(self, model_sharded_state_dict or {}, is_loading, **kwargs)
+
+    @functools.wraps(load_state_dict)
+    def load_state_dict_own_steps(self, state_dict):
+        load_state_dict(self, state_dict)
+        steps = {group.get("step") for group in state_dict["optimizer"]["param_groups"]}
+        if len(steps) != 1 or None in steps:
+            return
+        step = float(steps.pop())
+        for state in self.optimizer.state.values():
+            if "step" in state:
+                state["step"] = torch.tensor(step, dtype=torch.float32)
+
+    DistributedOptimizer.sharded_state_dict = sharded_state_dict_with_state
+    DistributedOptimizer.load_state_dict = load_state_dict_own_steps

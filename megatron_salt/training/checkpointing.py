@@ -36,7 +36,8 @@ logger = logging.getLogger(__name__)
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 RUN_ARGS_FILE = "run_args.json"
-OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_sharded_model_space"}
+# Megatron-LM's default: parallel save/load, resharding only across data-parallel sizes.
+OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
 
 
 class CheckpointError(RuntimeError):
@@ -196,7 +197,10 @@ def load_checkpoint(
     loaded = dist_checkpointing.load(state, str(ckpt))
     _unwrap(model).load_state_dict(loaded["model"])
     if load_optimizer:
-        optimizer.load_state_dict(loaded["optimizer"])
+        # no_grad: with fp32 params the distributed optimizer's main params are views
+        # of the (grad-requiring) model params, and loading copies into them in place.
+        with torch.no_grad():
+            optimizer.load_state_dict(loaded["optimizer"])
         scheduler.load_state_dict(loaded["opt_param_scheduler"])
     if "rng_state" in state:
         _restore_rng(loaded["rng_state"])
