@@ -101,7 +101,7 @@ def build_gpt_model(
 ) -> SaltGPTModel:
     """One pipeline stage of a GPT model; ``pg_collection`` None = Megatron's global groups."""
     tp = config.tensor_model_parallel_size
-    return SaltGPTModel(
+    model = SaltGPTModel(
         config=config,
         transformer_layer_spec=layer_spec(model_cfg, use_te),
         vocab_size=model_cfg.padded_vocab_size(tp),
@@ -115,3 +115,8 @@ def build_gpt_model(
         rotary_base=model_cfg.rotary_base,
         pg_collection=pg_collection,
     )
+    if config.bf16:
+        # The local spec's torch norms ignore params_dtype; Megatron-LM casts the whole
+        # model (Float16Module). Cast the parameters only, so logits stay bf16.
+        model.bfloat16()
+    return model
