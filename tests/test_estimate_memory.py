@@ -204,6 +204,10 @@ def test_memory_moves_the_right_way():
     assert last.logits_kd > 0 and first.logits_kd == 0
 
 
+def _phase_free(row: str) -> str:
+    return row.replace(" (student backward)", "").replace(" (teacher forward)", "")
+
+
 def test_script_prints_the_table(capsys):
     assert em.main(["--nodes", "8"]) == 0
     out = capsys.readouterr().out
@@ -220,3 +224,14 @@ def test_script_prints_the_table(capsys):
         (True, True),
         (False, True),
     ]
+
+    # The README's excerpt of the table is what the script prints today.
+    printed = {_phase_free(r) for r in rows}
+    readme = (EXAMPLE_DIR / "README.md").read_text()
+    excerpt = [r for r in readme.splitlines() if r.startswith("| ") and "GiB" not in r]
+    excerpt = [r for r in excerpt if r.split(" | ")[0][2:] in {e.label for e in em.EXAMPLE_RUNS}]
+    assert len(excerpt) >= 8
+    stale = [r for r in excerpt if r not in printed]
+    assert not stale, "README.md's memory table is stale; rerun estimate_memory.py:\n" + "\n".join(
+        stale
+    )
