@@ -198,9 +198,14 @@ def test_slurm_launcher_requeues_and_rendezvous(paths, tmp_path):
     try:
         deadline = time.monotonic() + 20
 
+        def logged() -> str:
+            return log.read_text() if log.exists() else ""
+
         def wait_for(text: str) -> None:
-            while text not in (log.read_text() if log.exists() else ""):
-                assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            while text not in logged():
+                exited = proc.poll() is not None
+                assert text in logged() or not exited, proc.communicate()
+                assert time.monotonic() < deadline, f"no {text!r} in {logged()!r}"
                 time.sleep(0.05)
 
         wait_for("started")  # srun is running the job
