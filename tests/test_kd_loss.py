@@ -136,6 +136,21 @@ def test_tp1_matches_reference(small_chunks, seed, case):
     assert torch.equal(teacher.nan_to_num(), teacher_before.nan_to_num())
 
 
+def test_tp1_fp16_matches_reference(small_chunks):
+    case = dict(dtype=torch.float16, temperature=2.0, top_k=2, vocab_size=37)
+    student, teacher, grad_out = _inputs(case, seed=99)
+    student.requires_grad_()
+    loss = vocab_parallel_kd_loss(student, teacher, **_kd_kwargs(case))
+    (loss * grad_out).sum().backward()
+    ref_loss, ref_grad = reference_kd(
+        student.detach(), teacher, **_kd_kwargs(case), grad_out=grad_out
+    )
+    assert student.grad.dtype == torch.float16
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-5)
+    # fp16 keeps 11 significant bits: one rounding of the gradient, unit roundoff 2**-11
+    torch.testing.assert_close(student.grad.double(), ref_grad, rtol=2**-10, atol=1e-6)
+
+
 def test_tp1_default_chunking_larger_vocab():
     case = dict(dtype=torch.float32, temperature=1.5, top_k=None, vocab_size=3001)
     gen = torch.Generator().manual_seed(3)

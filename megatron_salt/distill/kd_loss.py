@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch.autograd.function import once_differentiable
 
 __all__ = ["vocab_parallel_kd_loss"]
 
@@ -224,6 +225,7 @@ class _VocabParallelKDLoss(torch.autograd.Function):
         return loss.float().reshape(student.shape[:-1])
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_loss):
         student, teacher, t_lse, s_lse, *rest = ctx.saved_tensors
         threshold = rest[0] if ctx.has_threshold else None
