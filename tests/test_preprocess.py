@@ -519,6 +519,27 @@ def test_all_empty_is_an_error(spm_model, tmp_path, capsys):
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
 
 
+def test_batched_add_documents_equals_megatron_add_document(tmp_path):
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    from megatron_salt.data.preprocess import add_documents
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 50, size=300)
+    ids = rng.integers(0, 4096, size=int(lengths.sum())).astype(np.uint16)
+    one_by_one = IndexedDatasetBuilder(str(tmp_path / "a.bin"), dtype=np.uint16)
+    batched = IndexedDatasetBuilder(str(tmp_path / "b.bin"), dtype=np.uint16)
+    offsets = np.concatenate(([0], np.cumsum(lengths)))
+    for i, n in enumerate(lengths.tolist()):
+        one_by_one.add_document(ids[offsets[i] : offsets[i + 1]], [n])
+    add_documents(batched, ids[: offsets[100]], lengths[:100])  # in two runs, as blocks come
+    add_documents(batched, ids[offsets[100] :], lengths[100:])
+    one_by_one.finalize(str(tmp_path / "a.idx"))
+    batched.finalize(str(tmp_path / "b.idx"))
+    for suffix in (".bin", ".idx"):
+        assert (tmp_path / f"a{suffix}").read_bytes() == (tmp_path / f"b{suffix}").read_bytes()
+
+
 def test_line_blocks_keep_line_numbers(tmp_path):
     lines = [b'{"text": "%d"}' % i for i in range(1000)] + [b'{"text": "last, no newline"}']
     path = tmp_path / "x.jsonl"

@@ -149,6 +149,21 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def add_documents(builder, ids: np.ndarray, lengths: np.ndarray) -> None:
+    """``builder.add_document(doc, [len(doc)])`` for a run of documents stored back to back.
+
+    The same bytes and index entries as the per-document calls (tested), written with one
+    ``write`` and two list extensions instead of a numpy copy and a write per document: the
+    main process stays cheap per document however short the documents are. Uses the
+    builder's public ``data_file``, ``sequence_lengths`` and ``document_indices``, as
+    Megatron-Core's own ``IndexedDatasetBuilder.add_index`` does.
+    """
+    builder.data_file.write(np.ascontiguousarray(ids, dtype=builder.dtype).tobytes(order="C"))
+    first = len(builder.sequence_lengths)
+    builder.sequence_lengths.extend(lengths.tolist())
+    builder.document_indices.extend(range(first + 1, first + 1 + len(lengths)))
+
+
 @dataclass
 class KeyWriter:
     """One JSON key: the Megatron-Core builder on the temporary ``.bin`` and the counts."""
@@ -167,11 +182,9 @@ class KeyWriter:
         self.builder = IndexedDatasetBuilder(self.files.tmp(self.files.bin), dtype=self.dtype)
 
     def add(self, tokens: KeyTokens, subset_names: list[str]) -> None:
-        offsets = np.concatenate(([0], np.cumsum(tokens.lengths, dtype=np.int64)))
-        for i, length in enumerate(tokens.lengths.tolist()):
-            self.builder.add_document(tokens.ids[offsets[i] : offsets[i + 1]], [length])
+        add_documents(self.builder, tokens.ids, tokens.lengths)
         self.docs += len(tokens.lengths)
-        self.tokens += int(offsets[-1])
+        self.tokens += int(tokens.lengths.sum(dtype=np.int64))
         self.empty_docs += tokens.empty_docs
         if len(tokens.lengths):
             doc_counts = np.bincount(tokens.subsets, minlength=len(subset_names))

@@ -14,7 +14,8 @@ Choices, and why:
   ``--append-eod`` writes (see :mod:`megatron_salt.tokenizer`).
 * Deterministic: the training lines are chosen by us (every k-th line when there are more than
   ``max_sentences``), sentencepiece's own sampling and shuffling are off, and its random
-  generator is seeded. Same input, same flags: byte-identical ``.model``.
+  generator is seeded. Same input, flags and ``--model-prefix``: byte-identical ``.model``
+  (the prefix is recorded inside it); any prefix: the same pieces and scores.
 * Atomic: trained under a temporary prefix and renamed when complete (``.model`` last).
 """
 
