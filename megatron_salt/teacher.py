@@ -30,6 +30,7 @@ from megatron_salt.config import ModelConfig, ParallelConfig, PrecisionConfig
 from megatron_salt.distill import check_vocab_compatible, teacher_logits_to_student_shard
 from megatron_salt.model import SaltGPTModel, build_gpt_model, transformer_config
 from megatron_salt.parallel import TeacherPlacement, build_teacher_placement
+from megatron_salt.training.checkpointing import resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +69,6 @@ class Teacher:
         micro_batch_size: int,
     ) -> Teacher:
         """Build the teacher's groups and load its weights (collective over all ranks)."""
-        from megatron_salt.training.checkpointing import resolve_checkpoint
-
         ckpt_dir = resolve_checkpoint(load_dir)
         model_cfg = ModelConfig.load(ckpt_dir)
         check_vocab_compatible(model_cfg.vocab_size, student_cfg.vocab_size)
@@ -83,34 +82,16 @@ class Teacher:
         placement = build_teacher_placement(
             tensor_model_parallel_size, pipeline_model_parallel_size
         )
-        model = None
         # The teacher must not consume the student's RNG streams (a run with
         # --kd-alpha 0 must train exactly like the baseline).
         with _preserve_rng():
-            if placement.hosts_teacher:
-                config = transformer_config(
-                    model_cfg,
-                    ParallelConfig(tensor_model_parallel_size, pipeline_model_parallel_size),
-                    precision,
-                )
-                config.perform_initialization = False  # weights come from the checkpoint
-                model = build_gpt_model(
-                    model_cfg,
-                    config,
-                    pre_process=placement.is_first_stage,
-                    post_process=placement.is_last_stage,
-                    pg_collection=placement.pg_collection,
-                )
-                if torch.cuda.is_available():
-                    model.cuda(torch.cuda.current_device())
-            state = {"model": model.sharded_state_dict() if model is not None else {}}
-            # Replicas of the teacher (over DP, or TP=1 inside a wider student TP
-            # group) carry the student's replica ids, so skip the access validation.
-            loaded = dist_checkpointing.load(state, str(ckpt_dir), validate_access_integrity=False)
-        if model is not None:
-            model.load_state_dict(loaded["model"], strict=True)
-            model.eval()
-            model.requires_grad_(False)
+            model = load_frozen_gpt(
+                ckpt_dir,
+                model_cfg,
+                ParallelConfig(tensor_model_parallel_size, pipeline_model_parallel_size),
+                precision,
+                placement=placement,
+            )
         logger.info(
             "teacher %s: %s params, TP=%d PP=%d, %s",
             ckpt_dir,
@@ -193,6 +174,43 @@ class Teacher:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         return freed
+
+
+def load_frozen_gpt(
+    ckpt_dir: Path,
+    model_cfg: ModelConfig,
+    parallel: ParallelConfig,
+    precision: PrecisionConfig,
+    *,
+    placement: TeacherPlacement | None = None,
+) -> SaltGPTModel | None:
+    """Build a GPTModel stage with a checkpoint's weights, frozen and in eval mode.
+
+    Collective over all ranks (dist_checkpointing). ``placement`` None means the
+    model uses Megatron's global process groups (PP must then be 1); otherwise
+    ranks without a stage load nothing and get None.
+    """
+    model = None
+    if placement is None or placement.hosts_teacher:
+        config = transformer_config(model_cfg, parallel, precision)
+        config.perform_initialization = False  # weights come from the checkpoint
+        model = build_gpt_model(
+            model_cfg,
+            config,
+            pre_process=placement.is_first_stage if placement else True,
+            post_process=placement.is_last_stage if placement else True,
+            pg_collection=placement.pg_collection if placement else None,
+        )
+        model.to(current_device())
+    state = {"model": model.sharded_state_dict() if model is not None else {}}
+    # Replicas (over DP, or TP=1 inside a wider student TP group) carry the
+    # student's replica ids, so skip the access validation.
+    loaded = dist_checkpointing.load(state, str(ckpt_dir), validate_access_integrity=False)
+    if model is not None:
+        model.load_state_dict(loaded["model"], strict=True)
+        model.eval()
+        model.requires_grad_(False)
+    return model
 
 
 class _preserve_rng:

@@ -279,16 +279,25 @@ def _validate_kd_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--kd-teacher-load {args.kd_teacher_load} does not exist")
     if args.kd_data_path is not None:
         _check_data_prefixes("--kd-data-path", args.kd_data_path)
-    if args.kd_data_selection is not None and args.kd_data_path is None:
-        raise ValueError("--kd-data-selection needs --kd-data-path")
+    if args.kd_data_selection is not None:
+        if args.kd_data_path is None:
+            raise ValueError("--kd-data-selection needs --kd-data-path")
+        from megatron_salt.selection.rules import Selection
+        from megatron_salt.selection.sidecar import StaleScoresError, load_scores
+
+        Selection.parse(args.kd_data_selection)
+        for prefix in _blend_prefixes(args.kd_data_path):
+            try:
+                load_scores(prefix)
+            except StaleScoresError as err:
+                raise ValueError(f"--kd-data-selection: {err}") from None
 
 
 def _check_data_prefixes(flag: str, blend: list[str]) -> None:
     """Megatron's blend list: 'P1 P2 ...' or 'W1 P1 W2 P2 ...'; every P needs .bin and .idx."""
-    weighted = len(blend) % 2 == 0 and all(_is_number(w) for w in blend[0::2])
-    if len(blend) > 1 and len(blend) % 2 == 0 and not weighted:
+    if len(blend) > 1 and len(blend) % 2 == 0 and not _is_weighted(blend):
         raise ValueError(f"{flag}: expected 'PREFIX' or 'WEIGHT PREFIX [WEIGHT PREFIX ...]'")
-    for prefix in blend[1::2] if weighted else blend:
+    for prefix in _blend_prefixes(blend):
         for suffix in (".bin", ".idx"):
             if not os.path.isfile(prefix + suffix):
                 raise ValueError(f"{flag}: {prefix}{suffix} does not exist")
@@ -339,6 +348,14 @@ def wandb_group(args: argparse.Namespace) -> str:
     data = "+".join(os.path.basename(p) for p in args.data_path if not _is_number(p))
     shape = f"{args.num_layers}L{args.hidden_size}H"
     return f"{shape}-{data}-s{args.seq_length}-gbs{args.global_batch_size}"
+
+
+def _is_weighted(blend: list[str]) -> bool:
+    return len(blend) % 2 == 0 and all(_is_number(w) for w in blend[0::2])
+
+
+def _blend_prefixes(blend: list[str]) -> list[str]:
+    return list(blend[1::2]) if _is_weighted(blend) else list(blend)
 
 
 def _is_number(text: str) -> bool:

@@ -42,8 +42,10 @@ def gpt_dataset_config(
     tokenizer: DatasetTokenizer,
     eod_mask_loss: bool,
     cache_path: str | None,
+    config_class: type[GPTDatasetConfig] = GPTDatasetConfig,
+    **extra: object,
 ) -> GPTDatasetConfig:
-    return GPTDatasetConfig(
+    return config_class(
         random_seed=seed,
         sequence_length=seq_length,
         blend=get_blend_from_list(list(data_path)),
@@ -56,13 +58,18 @@ def gpt_dataset_config(
         # Causal masks are built by the attention (TE) or by Megatron-Core's default.
         create_attention_mask=False,
         mmap_bin_files=True,
+        **extra,
     )
 
 
-def build_datasets(config: GPTDatasetConfig, num_samples: Sequence[int]) -> list[GPTDataset | None]:
+def build_datasets(
+    config: GPTDatasetConfig,
+    num_samples: Sequence[int],
+    dataset_class: type[GPTDataset] = GPTDataset,
+) -> list[GPTDataset | None]:
     """(train, valid, test) GPTDatasets with at least ``num_samples`` samples each."""
     builder = BlendedMegatronDatasetBuilder(
-        GPTDataset, list(num_samples), is_built_on_rank=lambda: True, config=config
+        dataset_class, list(num_samples), is_built_on_rank=lambda: True, config=config
     )
     return builder.build()
 

@@ -225,7 +225,9 @@ class Trainer:
         if kd_steps:
             from megatron_salt.training.kd_data import build_kd_dataset
 
-            self.datasets["kd"] = build_kd_dataset(self.kd, num_samples=kd_steps * gbs, **common)
+            self.datasets["kd"] = build_kd_dataset(
+                self.kd, num_samples=kd_steps * gbs, split=args.split, **common
+            )
         if args.eval_iters and valid is None:
             raise ValueError(f"--split {args.split} leaves no validation data for --eval-iters")
 

@@ -1,0 +1,1 @@
+"""SALT_DS: SLM scores for documents, score sidecars, and KD-phase data selection."""

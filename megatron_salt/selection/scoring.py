@@ -1,0 +1,305 @@
+"""SALT_DS scores: how "challenging yet learnable" each document is for the SLM.
+
+For every position of a document the SLM predicts the next token. A position
+counts when the true token is among the SLM's top-k predictions (learnable);
+the document's score is the median (or mean) of the SLM's loss over the
+counted positions (challenging). Documents are cut into windows of the SLM's
+``seq_length`` without carrying context across windows, exactly how the
+document is seen in training. A document with no counted position scores NaN.
+
+Scoring runs data-parallel (and with the SLM's TP) under torchrun. Work is cut
+into chunks of documents; each finished chunk is saved under
+``{prefix}.salt_scores.partial/``, so a killed job resumes where it stopped,
+at any data-parallel size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from megatron_salt.compat import current_device
+from megatron_salt.config import ModelConfig, ParallelConfig, PrecisionConfig
+from megatron_salt.selection.sidecar import ScoreHeader, idx_fingerprint, write_scores
+from megatron_salt.teacher import load_frozen_gpt
+from megatron_salt.training.checkpointing import resolve_checkpoint
+
+logger = logging.getLogger(__name__)
+
+STATISTICS = ("median", "mean")
+
+
+def slm_fingerprint(ckpt_dir: Path) -> str:
+    """Identity of a checkpoint: its model config and dist_checkpointing metadata."""
+    digest = hashlib.blake2b(digest_size=12)
+    for name in ("model_config.json", "metadata.json", ".metadata"):
+        path = ckpt_dir / name
+        if path.is_file():
+            digest.update(name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+class SLMScorer:
+    """A frozen SLM (Megatron's global TP group, PP=1) that scores token sequences."""
+
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        *,
+        top_k: int = 10,
+        statistic: str = "median",
+        seq_length: int | None = None,
+        micro_batch_size: int = 8,
+        precision: PrecisionConfig | None = None,
+    ) -> None:
+        if statistic not in STATISTICS:
+            raise ValueError(f"--score-statistic must be one of {STATISTICS}, got {statistic!r}")
+        if top_k < 1:
+            raise ValueError("--score-top-k must be >= 1")
+        self.ckpt_dir = resolve_checkpoint(checkpoint)
+        self.model_cfg = ModelConfig.load(self.ckpt_dir)
+        self.top_k = top_k
+        self.statistic = statistic
+        self.seq_length = seq_length or self.model_cfg.seq_length
+        self.micro_batch_size = micro_batch_size
+        tp = parallel_state.get_tensor_model_parallel_world_size()
+        self.model = load_frozen_gpt(
+            self.ckpt_dir, self.model_cfg, ParallelConfig(tp, 1), precision or PrecisionConfig()
+        )
+        self.fingerprint = slm_fingerprint(self.ckpt_dir)
+        suffix = self.ckpt_dir.name.removeprefix("iter_")
+        self.iteration = int(suffix) if suffix.isdigit() else -1
+
+    # --- one batch of windows -------------------------------------------------
+
+    @torch.no_grad()
+    def window_losses(
+        self, tokens: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-position loss and 'label in the SLM's top-k' for windows ``[b, s]``."""
+        b, s = tokens.shape
+        position_ids = torch.arange(s, device=tokens.device).unsqueeze(0).expand(b, -1)
+        logits = self.model(tokens, position_ids, None, labels=labels)  # [s, b, v/tp]
+        loss, rank = vocab_parallel_loss_and_rank(
+            logits,
+            labels.t(),
+            self.model_cfg.vocab_size,
+            parallel_state.get_tensor_model_parallel_group(),
+        )
+        return loss.t(), rank.t() < self.top_k
+
+    # --- documents -------------------------------------------------------------
+
+    def score_documents(self, documents: Sequence[np.ndarray]) -> np.ndarray:
+        """One float32 score per document (NaN: nothing to score)."""
+        s = self.seq_length
+        windows = [
+            (doc, start)
+            for doc, ids in enumerate(documents)
+            for start in range(0, max(len(ids) - 1, 0), s)
+        ]
+        counted: list[list[np.ndarray]] = [[] for _ in documents]
+        device = current_device()
+        for first in range(0, len(windows), self.micro_batch_size):
+            batch = windows[first : first + self.micro_batch_size]
+            tokens = np.zeros((len(batch), s), dtype=np.int64)
+            labels = np.zeros((len(batch), s), dtype=np.int64)
+            lengths = []
+            for row, (doc, start) in enumerate(batch):
+                ids = documents[doc]
+                length = min(s, len(ids) - 1 - start)
+                tokens[row, :length] = ids[start : start + length]
+                labels[row, :length] = ids[start + 1 : start + 1 + length]
+                lengths.append(length)
+            loss, in_top_k = self.window_losses(
+                torch.from_numpy(tokens).to(device), torch.from_numpy(labels).to(device)
+            )
+            loss, in_top_k = loss.float().cpu().numpy(), in_top_k.cpu().numpy()
+            for row, ((doc, _), length) in enumerate(zip(batch, lengths, strict=True)):
+                keep = in_top_k[row, :length]
+                counted[doc].append(loss[row, :length][keep])
+        reduce = np.median if self.statistic == "median" else np.mean
+        scores = np.full(len(documents), np.nan, dtype=np.float32)
+        for doc, parts in enumerate(counted):
+            values = np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
+            if values.size:
+                scores[doc] = reduce(values.astype(np.float64))
+        return scores
+
+
+def vocab_parallel_loss_and_rank(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    vocab_size: int,
+    tp_group: dist.ProcessGroup | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy and the label's rank (logits strictly above it) over a TP-sharded vocab.
+
+    ``logits``: ``[..., v/tp]``; padded columns (``>= vocab_size``) are excluded.
+    The label is "in the top-k" when fewer than k logits beat it; ties count in
+    its favour. Only per-token reductions cross the TP group, never the vocab.
+    """
+    world = dist.get_world_size(tp_group) if tp_group is not None else 1
+    rank = dist.get_rank(tp_group) if tp_group is not None else 0
+    local = logits.size(-1)
+    start = rank * local
+    logits = logits.float()
+    valid = min(max(vocab_size - start, 0), local)
+    if valid < local:
+        logits = logits.clone()
+        logits[..., valid:] = float("-inf")
+
+    def all_reduce(tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+        if world > 1:
+            dist.all_reduce(tensor, op=op, group=tp_group)
+        return tensor
+
+    top = all_reduce(logits.max(dim=-1).values, dist.ReduceOp.MAX)
+    sum_exp = all_reduce(torch.exp(logits - top.unsqueeze(-1)).sum(dim=-1))
+    in_shard = (labels >= start) & (labels < start + valid)
+    local_label = torch.where(in_shard, labels - start, torch.zeros_like(labels))
+    label_logit = logits.gather(-1, local_label.unsqueeze(-1)).squeeze(-1)
+    label_logit = all_reduce(torch.where(in_shard, label_logit, torch.zeros_like(label_logit)))
+    loss = top + torch.log(sum_exp) - label_logit
+    beaten_by = all_reduce((logits > label_logit.unsqueeze(-1)).sum(dim=-1))
+    return loss, beaten_by
+
+
+# --- a whole prefix, resumable -------------------------------------------------
+
+
+@dataclass
+class _Job:
+    """What a partial directory was computed for; chunks are reused only if it matches."""
+
+    slm_fingerprint: str
+    top_k: int
+    statistic: str
+    seq_length: int
+    idx_fingerprint: str
+    chunk_documents: int
+
+
+def _documents(dataset, first: int, last: int) -> list[np.ndarray]:
+    bounds = dataset.document_indices
+    return [
+        np.concatenate([dataset[i] for i in range(bounds[d], bounds[d + 1])]).astype(np.int64)
+        if bounds[d + 1] > bounds[d]
+        else np.empty(0, dtype=np.int64)
+        for d in range(first, last)
+    ]
+
+
+def _atomic_save(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+def score_prefix(
+    scorer: SLMScorer,
+    prefix: str,
+    *,
+    chunk_documents: int = 512,
+    log: Callable[[str], None] = logger.info,
+    log_interval_s: float = 30.0,
+) -> np.ndarray:
+    """Score every document of ``prefix`` and publish the sidecar (collective)."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    dataset = IndexedDataset(prefix, mmap=True)
+    num_docs = dataset.document_indices.shape[0] - 1
+    fingerprint = idx_fingerprint(prefix)
+    job = _Job(
+        scorer.fingerprint,
+        scorer.top_k,
+        scorer.statistic,
+        scorer.seq_length,
+        fingerprint,
+        chunk_documents,
+    )
+    work = Path(prefix + ".salt_scores.partial")
+    rank = dist.get_rank()
+    if rank == 0:
+        job_file = work / "job.json"
+        if work.exists() and (
+            not job_file.is_file() or json.loads(job_file.read_text()) != job.__dict__
+        ):
+            log(f"{work}: partial scores from another job; starting over")
+            shutil.rmtree(work)
+        work.mkdir(parents=True, exist_ok=True)
+        job_file.write_text(json.dumps(job.__dict__, indent=2))
+    dist.barrier()
+
+    num_chunks = math.ceil(num_docs / chunk_documents)
+    dp_rank = parallel_state.get_data_parallel_rank()
+    dp_size = parallel_state.get_data_parallel_world_size()
+    writes = parallel_state.get_tensor_model_parallel_rank() == 0
+    mine = [c for c in range(num_chunks) if c % dp_size == dp_rank]
+    if rank == 0:
+        already = len(list(work.glob("chunk_*.npy")))
+        if already:
+            log(f"resuming {prefix}: {already} of {num_chunks} chunks already scored")
+    start_time, last_log, tokens_done, computed = time.perf_counter(), 0.0, 0, 0
+    for chunk in mine:
+        path = work / f"chunk_{chunk:07d}.npy"
+        if path.is_file():
+            continue  # done before a restart
+        first, last = chunk * chunk_documents, min(num_docs, (chunk + 1) * chunk_documents)
+        documents = _documents(dataset, first, last)
+        scores = scorer.score_documents(documents)
+        if writes:
+            _atomic_save(path, scores)
+        tokens_done += sum(len(d) for d in documents)
+        computed += 1
+        now = time.perf_counter()
+        if rank == 0 and (now - last_log >= log_interval_s or chunk == mine[-1]):
+            last_log = now
+            done = len(list(work.glob("chunk_*.npy")))
+            rate = tokens_done * dp_size / max(now - start_time, 1e-9)
+            remaining = (num_chunks - done) * (now - start_time) / computed / dp_size
+            log(
+                f"scored {min(done * chunk_documents, num_docs):,}/{num_docs:,} documents of "
+                f"{prefix} | {rate:,.0f} tokens/s | ETA {remaining:,.0f}s"
+            )
+    dist.barrier()
+
+    scores = (
+        np.concatenate([np.load(work / f"chunk_{c:07d}.npy") for c in range(num_chunks)])
+        if num_chunks
+        else np.empty(0, dtype=np.float32)
+    )
+    if rank == 0:
+        header = ScoreHeader(
+            slm_checkpoint=str(scorer.ckpt_dir),
+            slm_iteration=scorer.iteration,
+            slm_fingerprint=scorer.fingerprint,
+            top_k=scorer.top_k,
+            statistic=scorer.statistic,
+            seq_length=scorer.seq_length,
+            idx_fingerprint=fingerprint,
+            num_documents=num_docs,
+            num_scored=int(np.isfinite(scores).sum()),
+        )
+        write_scores(prefix, scores, header)
+        shutil.rmtree(work)
+        log(
+            f"wrote {prefix}.salt_scores.npy: {header.num_scored:,} of {num_docs:,} documents "
+            f"scored ({scorer.statistic} loss over top-{scorer.top_k} positions)"
+        )
+    dist.barrier()
+    return scores

@@ -1,0 +1,255 @@
+"""SALT_DS: SLM document scores, their sidecar, selection rules and the KD-phase dataset."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from salt_runs import REPO, pretrain_on, records, salt_args
+
+from megatron_salt.selection.rules import Selection
+from megatron_salt.selection.sidecar import (
+    ScoreHeader,
+    StaleScoresError,
+    idx_fingerprint,
+    load_scores,
+    write_scores,
+)
+from megatron_salt.testing import free_port, run_on_ranks
+
+TOP_K = 10
+SEQ = 48  # scoring windows shorter than the SLM's 64 exercise multi-window documents
+
+
+def _copy_prefix(prefix: str, dest: Path, num_docs: int | None = None) -> str:
+    """A copy of the dataset (optionally its first documents only) to score in isolation."""
+    from megatron.core.datasets.indexed_dataset import DType, IndexedDataset, IndexedDatasetBuilder
+
+    dest.mkdir(parents=True, exist_ok=True)
+    out = str(dest / "docs_text_document")
+    source = IndexedDataset(prefix)
+    n = len(source.document_indices) - 1 if num_docs is None else num_docs
+    builder = IndexedDatasetBuilder(out + ".bin", dtype=DType.optimal_dtype(320))
+    for d in range(n):
+        ids = source[d]
+        builder.add_document(torch.from_numpy(ids.astype(np.int64)), [len(ids)])
+    builder.finalize(out + ".idx")
+    return out
+
+
+def _score_on_ranks(checkpoint: str, prefix: str, tp: int = 1, chunk: int = 3):
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+    from megatron_salt.selection.scoring import SLMScorer, score_prefix
+
+    parallel_state.initialize_model_parallel(tp, 1)
+    model_parallel_cuda_manual_seed(0)
+    scorer = SLMScorer(checkpoint, top_k=TOP_K, seq_length=SEQ, micro_batch_size=3)
+    return score_prefix(scorer, prefix, chunk_documents=chunk, log=lambda m: None)
+
+
+def _reference_scores(checkpoint: str, prefix: str) -> list[float]:
+    """Float64 recomputation from the SLM's logits, one window at a time, written separately."""
+    from megatron.core import parallel_state
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+    from megatron_salt.config import ModelConfig, ParallelConfig, PrecisionConfig
+    from megatron_salt.teacher import load_frozen_gpt
+    from megatron_salt.training.checkpointing import resolve_checkpoint
+
+    parallel_state.initialize_model_parallel(1, 1)
+    model_parallel_cuda_manual_seed(0)
+    ckpt = resolve_checkpoint(checkpoint)
+    cfg = ModelConfig.load(ckpt)
+    model = load_frozen_gpt(ckpt, cfg, ParallelConfig(), PrecisionConfig())
+    dataset = IndexedDataset(prefix)
+    scores = []
+    for doc in range(len(dataset.document_indices) - 1):
+        ids = dataset[doc].astype(np.int64)
+        counted = []
+        for start in range(0, len(ids) - 1, SEQ):
+            inputs = torch.from_numpy(ids[start : start + SEQ][: len(ids) - 1 - start])[None]
+            labels = torch.from_numpy(ids[start + 1 : start + 1 + inputs.shape[1]])
+            with torch.no_grad():
+                logits = model(
+                    inputs, torch.arange(inputs.shape[1])[None], None, labels=labels[None]
+                )
+            z = logits[:, 0, : cfg.vocab_size].double().numpy()  # drop padded columns
+            top = z.max(axis=1, keepdims=True)
+            log_probs = z - (top + np.log(np.exp(z - top).sum(axis=1, keepdims=True)))
+            for pos, label in enumerate(labels.numpy()):
+                rank = int((z[pos] > z[pos, label]).sum())
+                if rank < TOP_K:
+                    counted.append(-log_probs[pos, label])
+        scores.append(float(np.median(counted)) if counted else float("nan"))
+    return scores
+
+
+@pytest.fixture(scope="module")
+def scored(tiny_data, checkpoints, tmp_path_factory):
+    """The first documents of the tiny corpus, scored by the trained teacher (the SLM)."""
+    prefix = _copy_prefix(tiny_data.prefix, tmp_path_factory.mktemp("scored"), num_docs=7)
+    (scores,) = run_on_ranks(_score_on_ranks, 1, str(checkpoints[0]), prefix)
+    return prefix, scores
+
+
+def test_scores_equal_a_float64_recomputation(scored, checkpoints):
+    prefix, scores = scored
+    (reference,) = run_on_ranks(_reference_scores, 1, str(checkpoints[0]), prefix)
+    np.testing.assert_allclose(scores, reference, rtol=1e-5)
+    assert np.isfinite(scores).all()
+    published, header = load_scores(prefix)
+    np.testing.assert_array_equal(published, scores)
+    assert (header.top_k, header.statistic, header.seq_length) == (TOP_K, "median", SEQ)
+    assert header.num_documents == header.num_scored == 7
+
+
+def test_tensor_and_data_parallel_scores_equal_single_process(scored, checkpoints, tmp_path):
+    prefix, scores = scored
+    for tp in (2, 1):  # TP=2 (one DP replica), then DP=2
+        copy = _copy_prefix(prefix, tmp_path / f"tp{tp}")
+        results = run_on_ranks(_score_on_ranks, 2, str(checkpoints[0]), copy, tp)
+        for got in results:
+            np.testing.assert_allclose(got, scores, rtol=1e-5, err_msg=f"tp={tp}")
+
+
+def test_killed_scoring_job_resumes(scored, checkpoints, tmp_path):
+    """kill -9 tools/score_data.py after some chunks, rerun it: same sidecar as one clean run."""
+    prefix, scores = scored
+    copy = _copy_prefix(prefix, tmp_path / "killed")
+    argv = [
+        sys.executable, str(REPO / "tools/score_data.py"), "--load", str(checkpoints[0]),
+        "--data-path", copy, "--score-seq-length", str(SEQ), "--score-micro-batch-size", "3",
+        "--chunk-documents", "1",
+    ]  # fmt: skip
+    env = dict(os.environ, MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    partial = Path(copy + ".salt_scores.partial")
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(partial.glob("chunk_*.npy"))) < 3:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted(partial.glob("chunk_*.npy"))
+    assert 3 <= len(done) < 7, "the job was not killed mid-way"
+    stamps = {p.name: p.stat().st_mtime_ns for p in done}
+    assert not Path(copy + ".salt_scores.json").exists()
+
+    rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180)
+    assert rerun.returncode == 0, rerun.stderr
+    resumed, _ = load_scores(copy)
+    np.testing.assert_allclose(resumed, scores, rtol=1e-5)
+    assert not partial.exists()
+    # Chunks finished before the kill were reused, not recomputed.
+    assert f"resuming {copy}: {len(stamps)} of 7 chunks already scored" in rerun.stdout
+    assert f"scored 7/7 documents of {copy}" in rerun.stdout
+
+
+def test_stale_sidecar_is_refused(scored, tiny_data, checkpoints, tmp_path):
+    prefix, scores = scored
+    copy = _copy_prefix(prefix, tmp_path / "stale")
+    shutil.copy(prefix + ".salt_scores.npy", copy + ".salt_scores.npy")
+    shutil.copy(prefix + ".salt_scores.json", copy + ".salt_scores.json")
+    load_scores(copy)  # same documents, same .idx bytes: accepted
+    _copy_prefix(prefix, tmp_path / "stale", num_docs=6)  # the corpus changed under the scores
+    with pytest.raises(StaleScoresError, match="scores were computed for another"):
+        load_scores(copy)
+    # ... and pretrain_salt.py refuses it in one line before training.
+    from megatron_salt.training.loop import main
+
+    argv = salt_args(tiny_data, checkpoints, tmp_path / "run", "--train-iters", "2")
+    argv += ["--kd-iters", "1", "--kd-data-path", copy, "--kd-data-selection", "top:0.5"]
+    assert main(argv) == 2
+
+
+def test_sidecar_alignment_and_atomic_header(tmp_path, scored):
+    prefix, _ = scored
+    copy = _copy_prefix(prefix, tmp_path / "aligned")
+    header = ScoreHeader("ckpt", 1, "f", 10, "median", 48, idx_fingerprint(copy), 7, 6)
+    scores = np.array([0.5, np.nan, 2.0, 1.0, 3.0, 0.1, 9.0], dtype=np.float32)
+    write_scores(copy, scores, header)
+    got, got_header = load_scores(copy)
+    np.testing.assert_array_equal(got, scores)  # one float per .idx document, in order
+    assert got_header == header
+    with pytest.raises(ValueError, match="7 documents"):
+        write_scores(copy, scores[:5], header)
+    Path(copy + ".salt_scores.json").unlink()
+    with pytest.raises(StaleScoresError, match="run tools/score_data.py"):
+        load_scores(copy)
+
+
+def test_selection_rules_keep_exactly_what_they_name():
+    scores = np.array([3.0, np.nan, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, np.nan, 6.0])
+    # ascending by (score, id) over the 8 scored documents: 2,4,7,0,3,5,9,6
+    order = [2, 4, 7, 0, 3, 5, 9, 6]
+    assert Selection.parse("top:0.5").select(scores).tolist() == sorted(order[4:])
+    assert Selection.parse("top:1").select(scores).tolist() == sorted(order)
+    assert Selection.parse("range:0:0.25").select(scores).tolist() == sorted(order[:2])
+    assert Selection.parse("range:0.25:0.75").select(scores).tolist() == sorted(order[2:6])
+    for bad in ("top:0", "top:1.5", "range:0.5:0.5", "bottom:0.3", "range:0.2", "top:x"):
+        with pytest.raises(ValueError, match="--kd-data-selection"):
+            Selection.parse(bad)
+
+
+def _kd_and_main_datasets(prefix: str, selection: str, split: str):
+    from megatron_salt.config import KDConfig
+    from megatron_salt.training.data import DatasetTokenizer, build_datasets, gpt_dataset_config
+    from megatron_salt.training.kd_data import build_kd_dataset
+
+    common = dict(
+        seq_length=32, seed=5, tokenizer=DatasetTokenizer(1, 320),
+        eod_mask_loss=False, cache_path=None,
+    )  # fmt: skip
+    kd = KDConfig(teacher_load="x", iters=1, data_path=[prefix], data_selection=selection)
+    kd_data = build_kd_dataset(kd, num_samples=40, split=split, **common)
+    main, _, _ = build_datasets(
+        gpt_dataset_config(data_path=[prefix], split=split, **common), [40, 0, 0]
+    )
+    return kd_data, main
+
+
+def test_kd_phase_dataset_reads_only_selected_documents(tmp_path, tiny_data):
+    copy = _copy_prefix(tiny_data.prefix, tmp_path / "kd")
+    num_docs = tiny_data.num_documents
+    # Score = document id, so the selection is known in closed form.
+    header = ScoreHeader(
+        "ckpt", 1, "f", 10, "median", 48, idx_fingerprint(copy), num_docs, num_docs
+    )
+    write_scores(copy, np.arange(num_docs, dtype=np.float32), header)
+    kd_data, main = _kd_and_main_datasets(copy, "top:0.5", split="80,20,0")
+    train_docs = set(range(int(round(0.8 * num_docs))))  # Megatron's split: first 80% of docs
+    selected = set(range(num_docs // 2, num_docs))  # top:0.5 keeps ceil(n/2) documents
+    assert set(kd_data.document_index.tolist()) == train_docs & selected
+    assert set(main.document_index.tolist()) == train_docs
+    # every token the KD phase reads comes from a selected training document
+    read = {int(t) for i in range(len(kd_data)) for t in kd_data[i]["tokens"]}
+    allowed = {int(t) for d in train_docs & selected for t in kd_data.dataset[d]}
+    assert read <= allowed
+    assert "SelectedGPTDataset" in kd_data.__class__.__name__
+
+
+def test_pretrain_uses_the_selection_for_the_kd_phase(tmp_path, tiny_data, checkpoints, capsys):
+    copy = _copy_prefix(tiny_data.prefix, tmp_path / "e2e")
+    n = tiny_data.num_documents
+    header = ScoreHeader("ckpt", 1, "f", 10, "median", 48, idx_fingerprint(copy), n, n)
+    write_scores(copy, np.arange(n, dtype=np.float32), header)
+    argv = salt_args(tiny_data, checkpoints, tmp_path / "run", "--train-iters", "3")
+    argv += ["--kd-iters", "2", "--kd-data-path", copy, "--kd-data-selection", "range:0.5:1"]
+    pretrain_on(1, argv)
+    (run,) = records(tmp_path / "run", "run")
+    assert run["kd_data_selection"] == "range:0.5:1" and run["kd_data_path"] == [copy]
+    assert [r["kd_weight"] for r in records(tmp_path / "run")] == [0.6, 0.6, 0.0]
+    # GPTDataset caches its indices under {prefix}/cache/: the KD phase read this
+    # prefix through the selection (the post-KD data is tiny_data.prefix).
+    cached = {p.parent.name for p in Path(copy).glob("cache/*/*-train-document_index.npy")}
+    assert cached == {"SelectedGPTDataset_indices"}

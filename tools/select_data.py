@@ -1,0 +1,15 @@
+#!/usr/bin/env python
+"""Show SLM score distributions and what a --kd-data-selection rule keeps.
+
+python tools/select_data.py --data-path /data/pile_text_document --kd-data-selection top:0.5
+"""
+
+import sys
+
+if __name__ == "__main__":
+    from megatron_salt.compat.backends import quiet_optional_backend_warnings
+
+    quiet_optional_backend_warnings()
+    from megatron_salt.selection.cli import select_main
+
+    sys.exit(select_main())
