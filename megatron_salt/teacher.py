@@ -139,6 +139,9 @@ class Teacher:
             labels=batch["labels"],
         )
         if not placement.is_last_stage:
+            # At most one activation in flight: the next stage takes the previous
+            # micro-batch in the same order, so waiting here cannot deadlock.
+            self.finish_step()
             send = dist.isend(
                 output.contiguous(), dst=placement.next_rank, group=placement.pg_collection.pp
             )
@@ -154,7 +157,7 @@ class Teacher:
         )
 
     def finish_step(self) -> None:
-        """Wait for this step's outgoing activations (their buffers must stay alive)."""
+        """Wait for outgoing activations (their buffers must stay alive until sent)."""
         for work in self._pending_sends:
             work.wait()
         self._pending_sends.clear()

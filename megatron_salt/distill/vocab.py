@@ -69,8 +69,8 @@ def teacher_logits_to_student_shard(
         - same padded vocab and same TP group: ``teacher_logits`` itself (no copy; its
           padded columns keep the teacher's values, which the KD loss ignores given
           ``vocab_size``);
-        - teacher unsharded: a local slice, no communication (a view when this shard has
-          no padded columns, else a copy padded with ``-inf``);
+        - teacher unsharded: a local slice, no communication (always a copy, so the
+          teacher's full-vocab logits can be freed as soon as the caller drops them);
         - otherwise: an all-gather over the teacher TP group, then a slice. Each rank
           briefly holds the teacher's full padded vocab for its tokens
           (``tokens * teacher_padded_vocab`` elements) and receives ``(tp - 1) / tp`` of it
@@ -103,7 +103,7 @@ def teacher_logits_to_student_shard(
     n_real = min(max(vocab_size - s_start, 0), s_local)  # student columns that are real tokens
     if t_size == 1:
         if n_real == s_local:
-            return teacher_logits[..., s_start : s_start + s_local]
+            return teacher_logits[..., s_start : s_start + s_local].clone()
         shards = [teacher_logits]
     else:
         shards = [torch.empty_like(teacher_logits) for _ in range(t_size)]
