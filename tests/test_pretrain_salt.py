@@ -166,12 +166,13 @@ def test_killed_run_resumes_from_last_checkpoint_identically(tiny_data, checkpoi
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "pretrain_salt.py"), *argv],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,  # so the kill takes its helper processes too
     )  # fmt: skip
     tracker = killed_dir / "latest_checkpointed_iteration.txt"
     deadline = time.time() + 180
     while time.time() < deadline and not (tracker.exists() and tracker.read_text().strip() == "4"):
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # kill -9 the job and its helper processes
     proc.wait()
     assert tracker.read_text().strip() in {"4", "6"}, "the run was not killed mid-way"
 

@@ -133,12 +133,14 @@ def test_killed_scoring_job_resumes(scored, checkpoints, tmp_path):
         "--chunk-documents", "1",
     ]  # fmt: skip
     env = dict(os.environ, MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     partial = Path(copy + ".salt_scores.partial")
     deadline = time.time() + 120
     while time.time() < deadline and len(list(partial.glob("chunk_*.npy"))) < 3:
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # kill -9 the job and its helper processes
     proc.wait()
     done = sorted(partial.glob("chunk_*.npy"))
     assert 3 <= len(done) < 7, "the job was not killed mid-way"
