@@ -1,5 +1,6 @@
 # megatron-salt: the two commands a user needs.
-#   make demo   corpus -> tokenizer -> indexed dataset (-> SALT runs, as they land)
+#   make demo   corpus -> tokenizer -> indexed dataset -> teacher -> scores ->
+#               baseline, SALT and SALT_DS students -> report (CPU, ~15 min on 2 cores)
 #   make test   the test suite
 # Both create .venv and install what they need. On machines without a GPU,
 # torch is pinned to the local CPU wheel so pip never pulls CUDA packages.
@@ -13,7 +14,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo_out
 WORKERS ?= 2
 
-.PHONY: install test demo lint clean-demo
+.PHONY: install test demo lint clean-demo bench
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -48,8 +49,18 @@ $(DATA_PREFIX)_text_document.idx: $(TOKENIZER)
 		--tokenizer-type SentencePieceTokenizer --tokenizer-model $(TOKENIZER) \
 		--append-eod --workers $(WORKERS)
 
+# The training half: examples/tiny_cpu/run.sh (each finished step is skipped on a rerun).
 demo: $(DATA_PREFIX)_text_document.idx
-	@cat $(DATA_PREFIX)_text_document.summary.json
+	PY=$(abspath $(PY)) DEMO_DIR=$(DEMO_DIR) examples/tiny_cpu/run.sh all
+	@echo
+	@cat $(DEMO_DIR)/report/salt_vs_baseline.md
+	@echo "plot: $(DEMO_DIR)/report/salt_vs_baseline.png"
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
+
+# Benchmarks (minutes to tens of minutes on 2 cores; results go to BENCHMARKS.md).
+bench: $(DATA_PREFIX)_text_document.idx
+	$(PY) benchmarks/preprocess.py
+	$(PY) benchmarks/kd_loss.py
+	$(PY) benchmarks/kd_step.py --data-prefix $(DATA_PREFIX)_text_document --tokenizer-model $(TOKENIZER)

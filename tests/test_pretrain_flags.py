@@ -48,6 +48,7 @@ def _base(tiny_data, tmp_path) -> list[str]:
         (["--fp8-format", "hybrid", "--bf16"], "--fp8-format needs Transformer Engine"),
         (["--finetune"], "--finetune needs --load"),
         (["--exit-interval", "0"], "--exit-interval must be"),
+        (["--lr-warmup-iters", "4"], "--lr-warmup-iters 4 must be below --lr-decay-iters 4"),
     ],
 )  # fmt: skip
 def test_bad_flags_are_one_line(tiny_data, tmp_path, capsys, extra, message):

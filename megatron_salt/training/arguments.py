@@ -210,8 +210,11 @@ def validate_args(args: argparse.Namespace, world_size: int) -> None:
         args.lr_decay_iters = args.train_iters
     if args.min_lr > args.lr:
         raise ValueError(f"--min-lr {args.min_lr} exceeds --lr {args.lr}")
-    if args.lr_warmup_iters > args.lr_decay_iters:
-        raise ValueError("--lr-warmup-iters exceeds --lr-decay-iters")
+    if args.lr_warmup_iters >= args.lr_decay_iters:
+        raise ValueError(
+            f"--lr-warmup-iters {args.lr_warmup_iters} must be below --lr-decay-iters "
+            f"{args.lr_decay_iters} (default: --train-iters)"
+        )
     if args.data_path is None:
         raise ValueError("--data-path is required")
     _check_data_prefixes("--data-path", args.data_path)

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The tiny CPU example: a ~4M-parameter student and a ~1M-parameter SLM teacher on the
+# embedded demo corpus (make demo builds it). Sourced by run.sh and by benchmarks/kd_step.py;
+# every setting can be overridden from the environment.
+# shellcheck disable=SC2034  # arrays are used by the scripts that source this file
+
+DEMO_DIR=${DEMO_DIR:-demo_out}
+DATA=${DATA:-$DEMO_DIR/data/demo_text_document}
+TOKENIZER=${TOKENIZER:-$DEMO_DIR/tokenizer/spm.model}
+RUNS=${RUNS:-$DEMO_DIR/runs}
+
+# Where the processes go: single (one process), tp2 or pp2 (two gloo ranks via torchrun).
+LAYOUT=${LAYOUT:-single}
+
+TEACHER_ITERS=${TEACHER_ITERS:-300}
+STUDENT_ITERS=${STUDENT_ITERS:-240}
+KD_ITERS=${KD_ITERS:-80}             # n_KD: the first third of the student's steps
+
+STUDENT_ARGS=(
+    --num-layers 4 --hidden-size 256 --num-attention-heads 4 --ffn-hidden-size 1024
+)
+TEACHER_ARGS=(
+    --num-layers 2 --hidden-size 128 --num-attention-heads 4 --ffn-hidden-size 512
+)
+# shellcheck disable=SC2054  # "98,2,0" is one value (--split), not separators
+TRAIN_ARGS=(
+    --seq-length 256 --micro-batch-size 8 --global-batch-size 32
+    --lr 3e-3 --min-lr 3e-4 --lr-decay-style cosine --lr-warmup-iters 20
+    --weight-decay 0.1 --adam-beta2 0.95 --clip-grad 1.0
+    --hidden-dropout 0.0 --attention-dropout 0.0
+    --split 98,2,0 --seed 1234
+    --log-interval 10 --eval-interval 20 --eval-iters 4
+)
+DATA_ARGS=(
+    --data-path "$DATA"
+    --tokenizer-type SentencePieceTokenizer --tokenizer-model "$TOKENIZER"
+)
+# SALT (paper defaults where it is silent: w=0.5, T=1, full vocabulary, hard switch).
+KD_ARGS=(
+    --kd-alpha "${KD_ALPHA:-0.5}" --kd-temperature "${KD_TEMPERATURE:-1.0}"
+    --kd-schedule "${KD_SCHEDULE:-constant}" --kd-iters "$KD_ITERS"
+)
+KD_SELECTION=${KD_SELECTION:-top:0.5}
+SCORE_ARGS=(--score-top-k 10 --score-statistic median --score-micro-batch-size 16)

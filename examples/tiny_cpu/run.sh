@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Tiny CPU SALT example. Usage: examples/tiny_cpu/run.sh MODE
+#   MODE: teacher | baseline | salt | score | salt_ds | report | all
+#   LAYOUT=single|tp2|pp2 (default single) runs each training on 1 process or 2 gloo ranks.
+# Needs the demo data (make demo builds it, or set DATA / TOKENIZER).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+# shellcheck source=examples/tiny_cpu/config.sh
+source examples/tiny_cpu/config.sh
+PY=${PY:-python}
+
+case "$LAYOUT" in
+    single) NPROC=1; LAYOUT_ARGS=(); TEACHER_LAYOUT_ARGS=() ;;
+    tp2) NPROC=2; LAYOUT_ARGS=(--tensor-model-parallel-size 2); TEACHER_LAYOUT_ARGS=() ;;
+    pp2) NPROC=2; LAYOUT_ARGS=(--pipeline-model-parallel-size 2)
+         TEACHER_LAYOUT_ARGS=(--kd-teacher-pipeline-model-parallel-size 2) ;;
+    *) echo "run.sh: error: LAYOUT must be single, tp2 or pp2 (got $LAYOUT)" >&2; exit 2 ;;
+esac
+
+train() {  # train NAME ARGS... : one pretrain_salt.py run, resuming if it was interrupted
+    local name=$1; shift
+    local save="$RUNS/$name"
+    if [[ -f "$save/done" ]]; then echo "== $name: done already ($save)"; return; fi
+    echo "== $name"
+    local launch=("$PY" pretrain_salt.py)
+    if (( NPROC > 1 )); then
+        launch=("$PY" -m torch.distributed.run --nproc_per_node "$NPROC" \
+                --master_port "${MASTER_PORT:-29555}" pretrain_salt.py)
+    fi
+    OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / NPROC ))} "${launch[@]}" "$@" "${DATA_ARGS[@]}" \
+        --save "$save" --load "$save" --wandb-exp-name "$name"
+    touch "$save/done"
+}
+
+teacher() {
+    train teacher "${TEACHER_ARGS[@]}" "${TRAIN_ARGS[@]}" "${LAYOUT_ARGS[@]}" \
+        --train-iters "$TEACHER_ITERS"
+}
+student() {  # student NAME EXTRA_ARGS...
+    local name=$1; shift
+    train "$name" "${STUDENT_ARGS[@]}" "${TRAIN_ARGS[@]}" "${LAYOUT_ARGS[@]}" \
+        --train-iters "$STUDENT_ITERS" "$@"
+}
+score() {
+    if [[ -f "$DATA.salt_scores.json" ]]; then echo "== score: done already"; return; fi
+    echo "== score (SALT_DS: the teacher scores every document)"
+    OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} "$PY" tools/score_data.py \
+        --load "$RUNS/teacher" --data-path "$DATA" "${SCORE_ARGS[@]}"
+    "$PY" tools/select_data.py --data-path "$DATA" --kd-data-selection "$KD_SELECTION"
+}
+report() {
+    mkdir -p "$DEMO_DIR/report"
+    "$PY" tools/compare_runs.py "$RUNS/baseline" "$RUNS/salt" "$RUNS/salt_ds" \
+        --baseline "$RUNS/baseline" --out "$DEMO_DIR/report/salt_vs_baseline" \
+        --title "SALT vs baseline: tiny CPU demo"
+}
+
+mode=${1:-all}
+case "$mode" in
+    teacher) teacher ;;
+    baseline) student baseline ;;
+    salt) student salt --kd-teacher-load "$RUNS/teacher" "${KD_ARGS[@]}" "${TEACHER_LAYOUT_ARGS[@]}" ;;
+    score) score ;;
+    salt_ds) student salt_ds --kd-teacher-load "$RUNS/teacher" "${KD_ARGS[@]}" "${TEACHER_LAYOUT_ARGS[@]}" \
+                 --kd-data-path "$DATA" --kd-data-selection "$KD_SELECTION" ;;
+    report) report ;;
+    all)
+        teacher
+        score
+        student baseline
+        student salt --kd-teacher-load "$RUNS/teacher" "${KD_ARGS[@]}" "${TEACHER_LAYOUT_ARGS[@]}"
+        student salt_ds --kd-teacher-load "$RUNS/teacher" "${KD_ARGS[@]}" "${TEACHER_LAYOUT_ARGS[@]}" \
+            --kd-data-path "$DATA" --kd-data-selection "$KD_SELECTION"
+        report ;;
+    *) echo "run.sh: error: unknown MODE $mode (teacher|baseline|salt|score|salt_ds|report|all)" >&2; exit 2 ;;
+esac
