@@ -190,3 +190,26 @@ def _free_port() -> int:
     from megatron_salt.testing import free_port
 
     return free_port()
+
+
+def test_sigterm_with_exit_signal_handler_saves_and_exits(tiny_data, checkpoints, tmp_path):
+    run_dir = tmp_path / "run"
+    argv = salt_args(tiny_data, checkpoints, run_dir, "--train-iters", "500", "--kd-iters", "3")
+    argv += ["--exit-signal-handler", "--eval-interval", "1000"]
+    env = dict(os.environ, WORLD_SIZE="1", RANK="0", MASTER_PORT=str(_free_port()))
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "pretrain_salt.py"), *argv],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and not (metrics.exists() and "kd_end" in metrics.read_text()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    last = records(run_dir)[-1]["iteration"]
+    assert 3 <= last < 500
+    assert (run_dir / "latest_checkpointed_iteration.txt").read_text().strip() == str(last)
+    assert f"exiting at iteration {last} (SIGTERM, --exit-signal-handler)" in out

@@ -113,6 +113,11 @@ def build_parser(prog: str = "pretrain_salt.py") -> argparse.ArgumentParser:
     ckpt.add_argument("--no-load-optim", action="store_true")
     ckpt.add_argument("--no-load-rng", action="store_true")
     ckpt.add_argument(
+        "--exit-signal-handler",
+        action="store_true",
+        help="on SIGTERM, finish the step, save a checkpoint (with --save) and exit",
+    )
+    ckpt.add_argument(
         "--finetune",
         action="store_true",
         help="load only the model weights from --load; start at iteration 0 with a fresh "

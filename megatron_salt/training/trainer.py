@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import math
 import os
+import signal
 import time
 from collections import defaultdict
 from typing import Any
@@ -46,9 +47,21 @@ from megatron_salt.training.data import (
     gpt_dataset_config,
     microbatches,
 )
+from megatron_salt.training.kd_data import build_kd_dataset
 from megatron_salt.training.step import ForwardStep, KDStepConfig, StepTimes, reduce_reports
 
 logger = logging.getLogger("megatron_salt")
+
+
+class _SignalFlag:
+    """Remember that a signal arrived; the loop saves and exits at the end of the step."""
+
+    def __init__(self, signum: int) -> None:
+        self.received = False
+        signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received = True
 
 
 class Trainer:
@@ -109,6 +122,7 @@ class Trainer:
             config=vars(args),
         )
         self.forward_backward = get_forward_backward_func()
+        self._exit_signal = _SignalFlag(signal.SIGTERM) if args.exit_signal_handler else None
         n_params = sum(p.numel() for p in self.model.parameters())
         logger.info(
             "student: %s params on this rank (%s total), TP=%d PP=%d DP=%d, %d micro-batches/step",
@@ -222,14 +236,23 @@ class Trainer:
             [max(main_steps, 1) * gbs, eval_samples, 0],
         )
         self.datasets = {"train": train, "valid": valid}
+        needed = {"train": max(main_steps, 1) * gbs, "valid": eval_samples}
         if kd_steps:
-            from megatron_salt.training.kd_data import build_kd_dataset
-
             self.datasets["kd"] = build_kd_dataset(
                 self.kd, num_samples=kd_steps * gbs, split=args.split, **common
             )
-        if args.eval_iters and valid is None:
-            raise ValueError(f"--split {args.split} leaves no validation data for --eval-iters")
+            needed["kd"] = kd_steps * gbs
+        # Fail now, not hours in: e.g. an unweighted multi-prefix blend is built
+        # for one epoch of each prefix only.
+        for name, samples in needed.items():
+            have = len(self.datasets[name]) if self.datasets[name] is not None else 0
+            if have < samples:
+                flag = "--kd-data-path" if name == "kd" else f"--data-path/--split {args.split}"
+                raise FlagError(
+                    f"pretrain_salt.py: error: {flag}: the {name} data has {have:,} samples of "
+                    f"{args.seq_length} tokens, the run needs {samples:,} (pass blend weights, "
+                    "more data, or fewer iterations)"
+                )
 
     def _load(self) -> int | None:
         """Resume from ``--load`` (or take its weights, with ``--finetune``)."""
@@ -346,7 +369,10 @@ class Trainer:
             if self.iteration % args.eval_interval == 0 or self.iteration == args.train_iters:
                 if args.eval_iters:
                     last_eval = self.evaluate()
-            exiting = args.exit_interval is not None and self.iteration % args.exit_interval == 0
+            signalled = self._signal_received()
+            exiting = signalled or (
+                args.exit_interval is not None and self.iteration % args.exit_interval == 0
+            )
             if args.save and (
                 (args.save_interval and self.iteration % args.save_interval == 0)
                 or self.iteration == args.train_iters
@@ -354,7 +380,8 @@ class Trainer:
             ):
                 self.save()
             if exiting:
-                logger.info("exiting at iteration %d (--exit-interval)", self.iteration)
+                reason = "SIGTERM, --exit-signal-handler" if signalled else "--exit-interval"
+                logger.info("exiting at iteration %d (%s)", self.iteration, reason)
                 break
         summary.update(
             iteration=self.iteration,
@@ -363,6 +390,14 @@ class Trainer:
             kd_released_at=self.kd_released_at,
         )
         return summary
+
+    def _signal_received(self) -> bool:
+        """With --exit-signal-handler: did any rank get SIGTERM? (one all-reduce per step)"""
+        if self._exit_signal is None:
+            return False
+        flag = torch.tensor([float(self._exit_signal.received)], device=device())
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
     def _log_interval(self, interval: dict[str, list[float]], start_iteration: int) -> None:
         args = self.args
