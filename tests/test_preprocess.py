@@ -297,6 +297,9 @@ def test_skip_mode_counts_bad_lines_and_keeps_the_rest(spm_model, tmp_path, caps
     ]
     assert summary["total"]["docs"] == len(kept)
     assert any("truncated zstd stream" in line for line in err)
+    # The skipped lines are named as they go by.
+    assert f"[preprocess_pile] warning: skipped {first}:2: invalid JSON" in "\n".join(err)
+    assert any(line.endswith(f"{first}:4: missing key 'text'") for line in err)
 
 
 def test_pile_subsets_filter(small_corpus, corpus_documents, spm_model, tmp_path):

@@ -63,6 +63,7 @@ class EncodedBlock:
     keys: dict[str, KeyTokens] = field(default_factory=dict)
     subset_names: list[str] = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)
+    skipped_examples: list[str] = field(default_factory=list)  # first few, as file:line: why
     filtered_docs: int = 0
     blank_lines: int = 0
     error: BadInputError | None = None  # first bad line, when on_bad_line == "error"
@@ -102,6 +103,8 @@ class BlockEncoder:
                     result.error = err
                     return result  # nothing of this block will be written
                 result.skipped[err.reason] += 1
+                if len(result.skipped_examples) < 3:
+                    result.skipped_examples.append(str(err))
                 continue
             subset = subset_name(record)
             if settings.pile_subsets is not None and subset not in settings.pile_subsets:

@@ -54,6 +54,7 @@ from megatron_salt.data.pile import (
 from megatron_salt.tokenizer import TokenizerError, build_tokenizer
 
 PROG = "preprocess_pile"
+MAX_SKIP_WARNINGS = 20  # bad lines named on stderr with --on-bad-line skip
 LEVEL = "document"  # Megatron-LM's naming: {prefix}_{key}_document.{bin,idx}
 
 
@@ -371,9 +372,12 @@ def preprocess(config: PreprocessConfig, log: Callable[[str], None] = _stderr) -
             stats.filtered_docs += result.filtered_docs
             stats.blank_lines += result.blank_lines
             stats.consumed(result.path, result.compressed_offset)
-            if result.skipped and skipped_logged < 10:
+            for example in result.skipped_examples:
                 skipped_logged += 1
-                log(f"warning: {result.path}: skipped {dict(result.skipped)} bad lines")
+                if skipped_logged <= MAX_SKIP_WARNINGS:
+                    log(f"warning: skipped {example}")
+                elif skipped_logged == MAX_SKIP_WARNINGS + 1:
+                    log("warning: more bad lines skipped; the summary counts them all")
             progress.update(first_key.docs, first_key.tokens)
         if executor is not None:
             executor.shutdown()
