@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import pickle
 import queue
 import socket
 import time
@@ -70,7 +71,9 @@ def _rank_main(
         dist.init_process_group(
             "gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=120)
         )
-        value = fn(*args, **kwargs)
+        # Plain pickle: torch's queue pickler would share tensors through file
+        # descriptors, which break when this process exits before the parent reads.
+        value = pickle.dumps(fn(*args, **kwargs))
         results.put((rank, True, value))
     except BaseException:  # noqa: BLE001 - the traceback is sent to the parent
         results.put((rank, False, traceback.format_exc()))
@@ -121,7 +124,7 @@ def run_on_ranks(
                 break
             continue
         if ok:
-            collected[rank] = value
+            collected[rank] = pickle.loads(value)
         else:
             failures.append(f"rank {rank} failed:\n{value}")
             # The other ranks are likely stuck in a collective now: don't wait long.
