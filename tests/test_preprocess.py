@@ -98,6 +98,10 @@ def test_round_trip_through_indexed_dataset(small_corpus, corpus_documents, spm_
     }
     assert summary["tokenizer"]["eod"] == 2 and summary["dtype"] == "uint16"
     assert sum(summary["skipped"].values()) == 0 and summary["empty_docs"] == 0
+    # Each document's Pile subset, aligned with the .idx document order.
+    subset_ids = np.load(tmp_path / "out_text_document.subsets.npy")
+    names = summary["subset_names"]
+    assert [names[i] for i in subset_ids] == [subset for subset, _ in corpus_documents]
 
 
 def test_output_is_identical_for_any_workers_and_block_size(small_corpus, spm_model, tmp_path):
@@ -505,7 +509,8 @@ def test_failed_run_keeps_earlier_output(small_corpus, spm_model, tmp_path, caps
     ]
     assert _outputs(prefix) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "bad.jsonl", "p_text_document.bin", "p_text_document.idx", "p_text_document.summary.json",
+        "bad.jsonl", "p_text_document.bin", "p_text_document.idx", "p_text_document.subsets.npy",
+        "p_text_document.summary.json",
     ]  # fmt: skip
 
 

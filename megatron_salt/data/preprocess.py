@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -110,16 +111,26 @@ class OutputFiles:
     def summary(self) -> str:
         return self.prefix + ".summary.json"
 
+    @property
+    def subsets(self) -> str:
+        """Per-document Pile subset ids (int16 ``.npy``; names in the summary)."""
+        return self.prefix + ".subsets.npy"
+
     def tmp(self, path: str) -> str:
         return path + ".tmp"
 
-    def finals(self) -> tuple[str, str, str]:
-        return self.bin, self.summary, self.idx
+    def finals(self) -> tuple[str, str, str, str]:
+        return self.bin, self.summary, self.subsets, self.idx
+
+    @property
+    def subsets_raw(self) -> str:
+        """The subset ids as they stream in, before the ``.npy`` header is put on."""
+        return self.tmp(self.subsets) + ".raw"
 
     def remove_temporaries(self) -> None:
-        for path in self.finals():
-            if os.path.exists(self.tmp(path)):
-                os.remove(self.tmp(path))
+        for path in (*(self.tmp(p) for p in self.finals()), self.subsets_raw):
+            if os.path.exists(path):
+                os.remove(path)
 
     def publish(self) -> None:
         """Rename the complete temporaries into place; ``.idx`` last, as the commit mark."""
@@ -175,15 +186,23 @@ class KeyWriter:
     tokens: int = 0
     empty_docs: int = 0
     subsets: dict[str, list[int]] = field(default_factory=dict)
+    #: Pile subset names in id order, as recorded per document in ``files.subsets``
+    subset_names: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         IndexedDatasetBuilder = _indexed_dataset().IndexedDatasetBuilder
 
         os.makedirs(os.path.dirname(os.path.abspath(self.files.bin)), exist_ok=True)
         self.builder = IndexedDatasetBuilder(self.files.tmp(self.files.bin), dtype=self.dtype)
+        # Streamed as raw int16 and wrapped into a .npy at the end: one id per document
+        # never sits in memory for the whole corpus.
+        self._subset_ids = open(self.files.subsets_raw, "wb")
 
     def add(self, tokens: KeyTokens, subset_names: list[str]) -> None:
         add_documents(self.builder, tokens.ids, tokens.lengths)
+        if len(tokens.lengths):
+            ids = np.array([self._subset_id(name) for name in subset_names], dtype="<i2")
+            self._subset_ids.write(ids[tokens.subsets].tobytes())
         self.docs += len(tokens.lengths)
         self.tokens += int(tokens.lengths.sum(dtype=np.int64))
         self.empty_docs += tokens.empty_docs
@@ -197,12 +216,28 @@ class KeyWriter:
                 row[0] += int(n_docs)
                 row[1] += int(n_tokens)
 
+    def _subset_id(self, name: str) -> int:
+        if name not in self.subset_names:
+            self.subset_names.append(name)
+        return self.subset_names.index(name)
+
     def finalize(self) -> None:
         self.builder.finalize(self.files.tmp(self.files.idx))
+        self._subset_ids.close()
+        with (
+            open(self.files.subsets_raw, "rb") as src,
+            open(self.files.tmp(self.files.subsets), "wb") as dst,
+        ):
+            header = {"descr": "<i2", "fortran_order": False, "shape": (self.docs,)}
+            np.lib.format.write_array_header_1_0(dst, header)
+            shutil.copyfileobj(src, dst)
+        os.remove(self.files.subsets_raw)
 
     def close(self) -> None:
         if not self.builder.data_file.closed:
             self.builder.data_file.close()
+        if not self._subset_ids.closed:
+            self._subset_ids.close()
 
 
 @dataclass
@@ -437,6 +472,8 @@ def _summary(config, key, writer: KeyWriter, stats: RunStats, tokenizer: dict) -
             name: {"docs": docs, "tokens": tokens}
             for name, (docs, tokens) in sorted(writer.subsets.items())
         },
+        # id order of {prefix}.subsets.npy (one id per document)
+        "subset_names": list(writer.subset_names),
         "total": {"docs": writer.docs, "tokens": writer.tokens},
         "empty_docs": writer.empty_docs,
         "filtered_docs": stats.filtered_docs,
@@ -459,6 +496,9 @@ def _log_done(log, config, summary: dict, stats: RunStats, outputs) -> None:
         f"tokens/s, {stats.text_bytes / elapsed / 1e6:.1f} MB/s); {summary['empty_docs']} "
         f"empty, {summary['filtered_docs']} filtered out, {skipped} bad lines skipped"
     )
+    width = max((len(name) for name in summary["subsets"]), default=0)
+    for name, row in summary["subsets"].items():
+        log(f"  {name:<{width}}  {row['docs']:>10,} docs  {row['tokens']:>14,} tokens")
     for files in outputs.values():
         log(f"wrote {files.prefix}.{{bin,idx}} and {os.path.basename(files.summary)}")
     if summary["missing_pile_subsets"]:
@@ -546,6 +586,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_BLOCK_BYTES / 2**20,
         help="MiB of JSON per unit of work sent to a worker (default 1)",
     )
+    score = parser.add_argument_group("SALT_DS scores (optional)")
+    score.add_argument(
+        "--score-with",
+        metavar="SLM_CHECKPOINT",
+        default=None,
+        help="after writing, score every document with this pretrain_salt.py checkpoint and "
+        "write {prefix}.salt_scores.npy/.json (see tools/score_data.py)",
+    )
+    from megatron_salt.selection.cli import add_scoring_flags
+
+    add_scoring_flags(score)
     run.add_argument(
         "--partitions",
         type=int,
@@ -577,6 +628,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_interval=args.log_interval,
         block_bytes=max(1, int(args.block_size_mb * 2**20)),
     )
+    if args.score_with is not None:
+        from megatron_salt.training.checkpointing import CheckpointError, resolve_checkpoint
+
+        try:  # before hours of tokenizing, not after
+            resolve_checkpoint(args.score_with)
+        except CheckpointError as err:
+            print(f"{PROG}: error: --score-with: {err}", file=sys.stderr)
+            return 2
     # SIGTERM (e.g. a job scheduler) cleans up like Ctrl-C does.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -592,6 +651,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if args.score_with is not None:
+        return _score_outputs(args)
+    return 0
+
+
+def _score_outputs(args: argparse.Namespace) -> int:
+    """``--score-with``: the SLM scores the prefixes just written (one process, or torchrun's)."""
+    from megatron_salt.selection.cli import init_distributed_from_env, score
+
+    prefixes = [output_prefix_for(args.output_prefix, key) for key in args.json_keys]
+    init_distributed_from_env()
+    try:
+        score(
+            args.score_with,
+            prefixes,
+            top_k=args.score_top_k,
+            statistic=args.score_statistic,
+            micro_batch_size=args.score_micro_batch_size,
+            seq_length=args.score_seq_length,
+            log=lambda message: _stderr(f"score: {message}"),
+        )
+    except (ValueError, FileNotFoundError) as err:
+        print(f"{PROG}: error: --score-with {args.score_with}: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -181,11 +181,12 @@ def _quantile_table(scores: np.ndarray) -> list[str]:
 
 
 def _subset_names(prefix: str) -> tuple[np.ndarray, list[str]] | None:
-    """Per-document Pile subset ids and names, if preprocess_pile.py recorded them."""
-    ids_path, names_path = Path(prefix + ".subsets.npy"), Path(prefix + ".subsets.json")
-    if not (ids_path.is_file() and names_path.is_file()):
+    """Per-document Pile subset ids and their names, if preprocess_pile.py recorded them."""
+    ids_path, summary_path = Path(prefix + ".subsets.npy"), Path(prefix + ".summary.json")
+    if not (ids_path.is_file() and summary_path.is_file()):
         return None
-    return np.load(ids_path), json.loads(names_path.read_text())["names"]
+    names = json.loads(summary_path.read_text()).get("subset_names")
+    return (np.load(ids_path), names) if names is not None else None
 
 
 def describe_selection(prefix: str, selection_text: str | None) -> list[str]:
