@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -255,3 +256,37 @@ def test_pretrain_uses_the_selection_for_the_kd_phase(tmp_path, tiny_data, check
     # prefix through the selection (the post-KD data is tiny_data.prefix).
     cached = {p.parent.name for p in Path(copy).glob("cache/*/*-train-document_index.npy")}
     assert cached == {"SelectedGPTDataset_indices"}
+
+
+def test_preprocess_pile_score_with_writes_the_sidecar(tiny_data, checkpoints, tmp_path):
+    """tools/preprocess_pile.py --score-with: build a prefix and score it in one command."""
+    from conftest import stdlib_texts
+
+    texts = stdlib_texts(max_bytes=40_000)
+    shard = tmp_path / "shard.jsonl"
+    shard.write_text(
+        "".join(json.dumps({"text": t, "meta": {"pile_set_name": "Stdlib"}}) + "\n" for t in texts)
+    )
+    argv = [
+        sys.executable, str(REPO / "tools/preprocess_pile.py"), "--input", str(shard),
+        "--output-prefix", str(tmp_path / "scored"), "--tokenizer-type", "SentencePieceTokenizer",
+        "--tokenizer-model", tiny_data.tokenizer_model, "--append-eod", "--workers", "0",
+        "--score-with", str(checkpoints[0]), "--score-seq-length", str(SEQ),
+    ]  # fmt: skip
+    env = dict(os.environ, MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1")
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    prefix = str(tmp_path / "scored_text_document")
+    scores, header = load_scores(prefix)
+    assert header.num_documents == len(texts) == len(scores)
+    assert np.isfinite(scores).all() and header.top_k == TOP_K
+    # Same numbers as scoring the prefix on its own.
+    (again,) = run_on_ranks(
+        _score_on_ranks, 1, str(checkpoints[0]), _copy_prefix(prefix, tmp_path / "c")
+    )
+    np.testing.assert_allclose(scores, again, rtol=1e-6)
+
+    bad = subprocess.run([*argv[:-4], "--score-with", str(tmp_path / "nope")], env=env,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith("preprocess_pile: error: --score-with")

@@ -93,18 +93,26 @@ class SLMScorer:
         b, s = tokens.shape
         position_ids = torch.arange(s, device=tokens.device).unsqueeze(0).expand(b, -1)
         logits = self.model(tokens, position_ids, None, labels=labels)  # [s, b, v/tp]
-        loss, rank = vocab_parallel_loss_and_rank(
+        loss, in_top_k = vocab_parallel_loss_and_top_k(
             logits,
             labels.t(),
             self.model_cfg.vocab_size,
+            self.top_k,
             parallel_state.get_tensor_model_parallel_group(),
         )
-        return loss.t(), rank.t() < self.top_k
+        return loss.t(), in_top_k.t()
 
     # --- documents -------------------------------------------------------------
 
     def score_documents(self, documents: Sequence[np.ndarray]) -> np.ndarray:
         """One float32 score per document (NaN: nothing to score)."""
+        vocab = self.model_cfg.vocab_size
+        top = max((int(ids.max()) for ids in documents if len(ids)), default=-1)
+        if top >= vocab:
+            raise ValueError(
+                f"token id {top} is beyond the SLM's vocab of {vocab}: was the data "
+                "tokenized for another model?"
+            )
         s = self.seq_length
         windows = [
             (doc, start)
@@ -140,17 +148,19 @@ class SLMScorer:
         return scores
 
 
-def vocab_parallel_loss_and_rank(
+def vocab_parallel_loss_and_top_k(
     logits: torch.Tensor,
     labels: torch.Tensor,
     vocab_size: int,
+    top_k: int,
     tp_group: dist.ProcessGroup | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy and the label's rank (logits strictly above it) over a TP-sharded vocab.
+    """Cross-entropy, and whether the label is in the top-k, over a TP-sharded vocab.
 
-    ``logits``: ``[..., v/tp]``; padded columns (``>= vocab_size``) are excluded.
-    The label is "in the top-k" when fewer than k logits beat it; ties count in
-    its favour. Only per-token reductions cross the TP group, never the vocab.
+    ``logits``: ``[..., v/tp]``; padded columns (``>= vocab_size``) are excluded. The
+    label is in the top-k when fewer than k logits are strictly above it, which is
+    exactly ``label_logit >= (k-th largest logit)``: each rank contributes its local
+    top-k values (k per token), so only per-token data crosses the TP group.
     """
     world = dist.get_world_size(tp_group) if tp_group is not None else 1
     rank = dist.get_rank(tp_group) if tp_group is not None else 0
@@ -162,20 +172,24 @@ def vocab_parallel_loss_and_rank(
         logits = logits.clone()
         logits[..., valid:] = float("-inf")
 
-    def all_reduce(tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
-        if world > 1:
-            dist.all_reduce(tensor, op=op, group=tp_group)
-        return tensor
-
-    top = all_reduce(logits.max(dim=-1).values, dist.ReduceOp.MAX)
-    sum_exp = all_reduce(torch.exp(logits - top.unsqueeze(-1)).sum(dim=-1))
+    lse = torch.logsumexp(logits, dim=-1)
     in_shard = (labels >= start) & (labels < start + valid)
     local_label = torch.where(in_shard, labels - start, torch.zeros_like(labels))
     label_logit = logits.gather(-1, local_label.unsqueeze(-1)).squeeze(-1)
-    label_logit = all_reduce(torch.where(in_shard, label_logit, torch.zeros_like(label_logit)))
-    loss = top + torch.log(sum_exp) - label_logit
-    beaten_by = all_reduce((logits > label_logit.unsqueeze(-1)).sum(dim=-1))
-    return loss, beaten_by
+    label_logit = torch.where(in_shard, label_logit, torch.zeros_like(label_logit))
+    top = torch.topk(logits, min(top_k, local), dim=-1).values
+    if world > 1:
+        top_lse = lse.clone()
+        dist.all_reduce(top_lse, op=dist.ReduceOp.MAX, group=tp_group)
+        sum_exp = torch.exp(lse - top_lse)
+        dist.all_reduce(sum_exp, group=tp_group)
+        lse = top_lse + torch.log(sum_exp)
+        dist.all_reduce(label_logit, group=tp_group)
+        gathered = [torch.empty_like(top) for _ in range(world)]
+        dist.all_gather(gathered, top.contiguous(), group=tp_group)
+        top = torch.topk(torch.cat(gathered, dim=-1), min(top_k, local * world), dim=-1).values
+    kth = top[..., -1]
+    return lse - label_logit, label_logit >= kth
 
 
 # --- a whole prefix, resumable -------------------------------------------------
@@ -261,7 +275,10 @@ def score_prefix(
             continue  # done before a restart
         first, last = chunk * chunk_documents, min(num_docs, (chunk + 1) * chunk_documents)
         documents = _documents(dataset, first, last)
-        scores = scorer.score_documents(documents)
+        try:
+            scores = scorer.score_documents(documents)
+        except ValueError as err:
+            raise ValueError(f"{prefix}, documents {first}-{last - 1}: {err}") from None
         if writes:
             _atomic_save(path, scores)
         tokens_done += sum(len(d) for d in documents)
