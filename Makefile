@@ -37,8 +37,11 @@ CORPUS := $(DEMO_DIR)/corpus
 TOKENIZER := $(DEMO_DIR)/tokenizer/spm.model
 DATA_PREFIX := $(DEMO_DIR)/data/demo
 
+# ~8 MB of text (2.5M tokens): enough for the demo's runs, small enough to score in ~2 min.
+DEMO_MAX_DOCS ?= 220
+
 $(CORPUS)/.done: $(STAMP)
-	$(PY) tools/make_demo_corpus.py --output-dir $(CORPUS)
+	$(PY) tools/make_demo_corpus.py --output-dir $(CORPUS) --max-docs-per-subset $(DEMO_MAX_DOCS)
 	touch $@
 
 $(TOKENIZER): $(CORPUS)/.done

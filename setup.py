@@ -17,9 +17,6 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["megatron_salt", "megatron_salt.*"]),
-    # Scripts at the repo root / tools/ are thin CLIs over megatron_salt; they
-    # are installed as console scripts too.
-    py_modules=[],
     install_requires=[
         "megatron-core>=0.16.1",
         "torch>=2.6",
@@ -37,9 +34,13 @@ setup(
         "plot": ["matplotlib"],
         "dev": ["pytest", "ruff", "tokenizers", "matplotlib"],
     },
+    # The scripts in tools/ and pretrain_salt.py, installed as commands as well.
     entry_points={
         "console_scripts": [
-            "salt-preprocess-pile=megatron_salt.cli.preprocess_pile:main",
+            "salt-pretrain=megatron_salt.training.loop:main",
+            "salt-preprocess-pile=megatron_salt.data.preprocess:main",
+            "salt-score-data=megatron_salt.selection.cli:score_main",
+            "salt-select-data=megatron_salt.selection.cli:select_main",
         ],
     },
 )

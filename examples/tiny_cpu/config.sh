@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The tiny CPU example: a ~4M-parameter student and a ~1M-parameter SLM teacher on the
+# The tiny CPU example: a ~2.6M-parameter student and a ~0.9M-parameter SLM teacher on the
 # embedded demo corpus (make demo builds it). Sourced by run.sh and by benchmarks/kd_step.py;
 # every setting can be overridden from the environment.
 # shellcheck disable=SC2034  # arrays are used by the scripts that source this file
@@ -13,18 +13,18 @@ RUNS=${RUNS:-$DEMO_DIR/runs}
 LAYOUT=${LAYOUT:-single}
 
 TEACHER_ITERS=${TEACHER_ITERS:-300}
-STUDENT_ITERS=${STUDENT_ITERS:-240}
-KD_ITERS=${KD_ITERS:-80}             # n_KD: the first third of the student's steps
+STUDENT_ITERS=${STUDENT_ITERS:-200}
+KD_ITERS=${KD_ITERS:-60}             # n_KD: the first 30% of the student's steps
 
 STUDENT_ARGS=(
-    --num-layers 4 --hidden-size 256 --num-attention-heads 4 --ffn-hidden-size 1024
+    --num-layers 4 --hidden-size 192 --num-attention-heads 4 --ffn-hidden-size 768
 )
 TEACHER_ARGS=(
     --num-layers 2 --hidden-size 128 --num-attention-heads 4 --ffn-hidden-size 512
 )
 # shellcheck disable=SC2054  # "98,2,0" is one value (--split), not separators
 TRAIN_ARGS=(
-    --seq-length 256 --micro-batch-size 8 --global-batch-size 32
+    --seq-length 256 --micro-batch-size 8 --global-batch-size 16
     --lr 3e-3 --min-lr 3e-4 --lr-decay-style cosine --lr-warmup-iters 20
     --weight-decay 0.1 --adam-beta2 0.95 --clip-grad 1.0
     --hidden-dropout 0.0 --attention-dropout 0.0
