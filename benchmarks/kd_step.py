@@ -117,7 +117,8 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         teacher = Path(tmp) / "teacher"
-        run(1, [*ex["TEACHER_ARGS"], *common, "--train-iters", "1", "--save", str(teacher)], env)
+        init = ["--train-iters", "1", "--lr-warmup-iters", "0"]  # random weights suffice
+        run(1, [*ex["TEACHER_ARGS"], *common, *init, "--save", str(teacher)], env)
         for layout in opts.layouts:
             nproc, student_flags, teacher_flags = LAYOUTS[layout]
             kd = ["--kd-teacher-load", str(teacher), "--kd-iters", str(opts.iters), *teacher_flags]
