@@ -1,6 +1,7 @@
 """KD loss benchmark: time and peak extra memory of forward + backward, side by side.
 
-Compares, on the same inputs ([tokens, 1, vocab] student and teacher logits, T=1):
+Compares, on the same inputs ([tokens, 1, vocab] student and teacher logits, T=1), the KD
+term alone:
 
 - ``naive``: what a user writes first: fp32 ``log_softmax`` of both + ``kl_div``; at TP>1
   the vocab shards are first gathered with Megatron-Core's
@@ -13,6 +14,15 @@ Compares, on the same inputs ([tokens, 1, vocab] student and teacher logits, T=1
       pip install --no-deps --target /tmp/modelopt-site nvidia-modelopt \\
           omegaconf antlr4-python3-runtime pulp rich scipy regex
       python benchmarks/kd_loss.py --modelopt-site /tmp/modelopt-site
+
+and the KD-phase training loss, per-token CE + KD (labels uniform at random), backward of
+their sum:
+
+- ``ours-kd+megatron-ce``: what the training loop did before the fused loss:
+  ``vocab_parallel_kd_loss`` plus Megatron-Core's ``vocab_parallel_cross_entropy``, the
+  latter on a clone of fp32 logits (it works in place, and the KD backward still needs
+  them; bf16 logits need no clone, Megatron's CE upcasts to a copy itself);
+- ``ours-fused``: ``megatron_salt.distill.vocab_parallel_salt_loss``, both from one pass.
 
 Every case runs in a fresh subprocess (TP=2: two forked gloo ranks inside it, each holding
 its vocab shard), one intra-op thread per rank. Peak extra memory is the rise of the
@@ -29,6 +39,7 @@ Usage::
     python benchmarks/kd_loss.py                                   # full grid, print table
     python benchmarks/kd_loss.py --write benchmarks/results/kd_loss.md
     python benchmarks/kd_loss.py --tp 1 --vocab 50304 --dtype bf16 --impl naive ours
+    python benchmarks/kd_loss.py --tp 1 --vocab 50304 --impl ours-kd+megatron-ce ours-fused
 """
 
 from __future__ import annotations
@@ -46,7 +57,10 @@ import sys
 import time
 from pathlib import Path
 
-IMPLS = ("naive", "ours", "modelopt")
+KD_IMPLS = ("naive", "ours", "modelopt")
+# CE + KD; ratios are against the first.
+CE_KD_IMPLS = ("ours-kd+megatron-ce", "ours-fused")
+IMPLS = KD_IMPLS + CE_KD_IMPLS
 DTYPES = ("fp32", "bf16")
 MIB = 1024 * 1024
 
@@ -89,10 +103,13 @@ class _CudaMemory:
         return torch.cuda.max_memory_allocated() - self.baseline
 
 
-def _make_inputs(tokens, v_local, dtype, device, seed):
+def _make_inputs(tokens, v_local, dtype, device, seed, vocab):
     """Student (requires grad) and teacher logits, filled in slices so that no
-    full-size temporary raises the peak before the baseline is taken."""
+    full-size temporary raises the peak before the baseline is taken, and labels
+    (the same on every rank)."""
     import torch
+
+    labels = torch.randint(0, vocab, (tokens, 1), generator=torch.Generator().manual_seed(7))
 
     gen = torch.Generator().manual_seed(seed)
     student = torch.empty(tokens, 1, v_local, dtype=dtype, device=device)
@@ -104,27 +121,50 @@ def _make_inputs(tokens, v_local, dtype, device, seed):
         noise = torch.randn(shape, generator=gen)
         student[start:stop] = (2.0 * noise).to(dtype)
         teacher[start:stop] = (1.2 * noise + 1.6 * torch.randn(shape, generator=gen)).to(dtype)
-    return student.requires_grad_(), teacher
+    return student.requires_grad_(), teacher, labels.to(device)
 
 
 def _loss_fn(impl: str, tp: int):
-    """Return ``f(student, teacher) -> (loss to backprop [s, b], full per-token loss)``."""
+    """Return ``f(student, teacher, labels) -> (loss to backprop [s, b], full per-token loss)``."""
     import torch
     import torch.nn.functional as F
 
     if impl == "ours":
         from megatron_salt.distill import vocab_parallel_kd_loss
 
-        def ours(student, teacher):
+        def ours(student, teacher, labels):
             loss = vocab_parallel_kd_loss(student, teacher)
             return loss, loss
 
         return ours
 
+    if impl == "ours-kd+megatron-ce":
+        from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+        from megatron_salt.distill import vocab_parallel_kd_loss
+
+        def kd_and_megatron_ce(student, teacher, labels):
+            kd = vocab_parallel_kd_loss(student, teacher)
+            ce_input = student.clone() if student.dtype == torch.float32 else student
+            loss = vocab_parallel_cross_entropy(ce_input, labels) + kd
+            return loss, loss
+
+        return kd_and_megatron_ce
+
+    if impl == "ours-fused":
+        from megatron_salt.distill import vocab_parallel_salt_loss
+
+        def fused(student, teacher, labels):
+            ce, kd = vocab_parallel_salt_loss(student, teacher, labels)
+            loss = ce + kd
+            return loss, loss
+
+        return fused
+
     if impl == "naive":
         from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
-        def naive(student, teacher):
+        def naive(student, teacher, labels):
             if tp > 1:
                 student = gather_from_tensor_model_parallel_region(student)
                 teacher = gather_from_tensor_model_parallel_region(teacher)
@@ -144,7 +184,7 @@ def _loss_fn(impl: str, tp: int):
     )
     criterion = LogitsKLLoss(config, temperature=1.0)
 
-    def modelopt(student, teacher):
+    def modelopt(student, teacher, labels):
         # [b, s]; at TP>1 each rank holds its vocab shard's part of the KL (ModelOpt's
         # loss function all-reduces it later, outside autograd), so report the reduced sum.
         partial = criterion(student, teacher)[0]
@@ -162,13 +202,18 @@ def _measure(impl, vocab, dtype_name, tp, tokens, repeats, device):
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     rank = 0
-    if tp > 1:
+    if tp > 1 or impl in CE_KD_IMPLS:  # Megatron's CE reads the TP group from parallel_state
         from megatron.core import parallel_state
 
+        if not dist.is_initialized():
+            store = dist.HashStore()
+            dist.init_process_group("gloo", store=store, rank=0, world_size=1)
         parallel_state.initialize_model_parallel(tp, 1)
         rank = parallel_state.get_tensor_model_parallel_rank()
     fn = _loss_fn(impl, tp)
-    student, teacher = _make_inputs(tokens, vocab // tp, dtype, device, seed=1234 + rank)
+    student, teacher, labels = _make_inputs(
+        tokens, vocab // tp, dtype, device, seed=1234 + rank, vocab=vocab
+    )
     memory = _CudaMemory() if device == "cuda" else _CpuMemory()
 
     def sync():
@@ -184,7 +229,7 @@ def _measure(impl, vocab, dtype_name, tp, tokens, repeats, device):
         student.grad = None
         sync()
         began = time.perf_counter()
-        loss, full = fn(student, teacher)
+        loss, full = fn(student, teacher, labels)
         loss.sum().backward()
         sync()
         times.append(time.perf_counter() - began)
@@ -296,21 +341,24 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {python}"
 
 
-def _table(args, results) -> str:
+def _table(results, impls, reference: str) -> str:
+    """Rows of ``results`` whose impl is in ``impls``; ratios against ``reference``."""
     lines = [
-        "| TP | V | dtype | impl | fwd+bwd s (median) | speed vs naive | "
-        "peak extra MiB | memory vs naive | loss sum |",
+        f"| TP | V | dtype | impl | fwd+bwd s (median) | speed vs {reference} | "
+        f"peak extra MiB | memory vs {reference} | loss sum |",
         "|---:|---:|---|---|---:|---:|---:|---:|---:|",
     ]
     for (tp, vocab, dtype, impl), res in results.items():
+        if impl not in impls:
+            continue
         if res.get("status") != "ok":
             lines.append(f"| {tp} | {vocab} | {dtype} | {impl} | {res['status']} | | | | |")
             continue
-        naive = results.get((tp, vocab, dtype, "naive"), {})
+        base = results.get((tp, vocab, dtype, reference), {})
         speed = mem = ""
-        if naive.get("status") == "ok":
-            speed = f"{naive['time_s'] / res['time_s']:.2f}x"
-            mem = f"{res['peak_extra_mib'] / naive['peak_extra_mib']:.2f}x"
+        if base.get("status") == "ok":
+            speed = f"{base['time_s'] / res['time_s']:.2f}x"
+            mem = f"{res['peak_extra_mib'] / base['peak_extra_mib']:.2f}x"
         lines.append(
             f"| {tp} | {vocab} | {dtype} | {impl} | {res['time_s']:.3g} | {speed} | "
             f"{res['peak_extra_mib']:.0f} | {mem} | {res['loss_sum']:.6g} |"
@@ -386,7 +434,6 @@ def _driver(args) -> None:
             flush=True,
         )
     load_after = os.getloadavg()
-    table = _table(args, results)
     command = "python benchmarks/kd_loss.py " + " ".join(sys.argv[1:])
     conditions = (
         f"- Command: `{command}`\n"
@@ -398,12 +445,27 @@ def _driver(args) -> None:
     )
     report = (
         "# KD loss: time and peak extra memory, forward + backward\n\n"
-        "Written by `benchmarks/kd_loss.py`; speed and memory are ratios against naive torch "
-        "(fp32 `log_softmax` of both + `kl_div`; at TP>1 after gathering the vocab shards) "
-        "at the same TP, V and dtype. Peak extra memory is per rank.\n\n"
-        f"{conditions}{_modelopt_line(results)}\n"
-        f"{_target_lines(args, results)}\n{table}\n\n{_gpu_line(args)}\n"
+        "Written by `benchmarks/kd_loss.py`. Peak extra memory is per rank.\n\n"
+        f"{conditions}"
     )
+    if any(impl in KD_IMPLS for impl in args.impl):
+        report += (
+            "\n## The KD term\n\n"
+            "Speed and memory are ratios against naive torch (fp32 `log_softmax` of both + "
+            "`kl_div`; at TP>1 after gathering the vocab shards) at the same TP, V and dtype.\n\n"
+            f"{_modelopt_line(results)}\n{_target_lines(args, results)}\n"
+            f"{_table(results, KD_IMPLS, 'naive')}\n"
+        )
+    if any(impl in CE_KD_IMPLS for impl in args.impl):
+        report += (
+            "\n## CE + KD (the KD-phase training loss)\n\n"
+            "Per-token CE + KD, backward of their sum. Ratios against `ours-kd+megatron-ce` "
+            "(our KD loss + Megatron-Core's `vocab_parallel_cross_entropy`, on a clone of "
+            "fp32 logits); `ours-fused` is `vocab_parallel_salt_loss`. No padded vocab here, "
+            "so both CEs are the same function and the loss sums agree.\n\n"
+            f"{_table(results, CE_KD_IMPLS, CE_KD_IMPLS[0])}\n"
+        )
+    report += f"\n{_gpu_line(args)}\n"
     print(report)
     if args.write:
         out = Path(args.write)

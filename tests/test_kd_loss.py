@@ -1,4 +1,4 @@
-"""vocab_parallel_kd_loss, combine_salt_loss and the vocab helpers against a float64 reference.
+"""The KD loss, the fused CE + KD loss, combine_salt_loss and the vocab helpers vs float64.
 
 The reference is written here, independently of the implementation: a plain float64
 softmax over the full (gathered) vocabulary, with the teacher's top-k set defined by
@@ -18,6 +18,7 @@ from megatron_salt.distill import (
     combine_salt_loss,
     teacher_logits_to_student_shard,
     vocab_parallel_kd_loss,
+    vocab_parallel_salt_loss,
 )
 from megatron_salt.testing import run_on_ranks
 
@@ -293,6 +294,149 @@ def test_combine_salt_loss_without_kd_is_pure_ce():
         combine_salt_loss(lm, None, mask, kd_weight=1.5)
 
 
+# ------------------------------------------------------- fused CE + KD, TP=1 and shared helpers
+
+# Every KD case with both outputs in the loss, plus cases where only one output is used
+# (the other's gradient arrives as None and its backward term is skipped).
+SALT_CASES = [dict(case, use="ce+kd") for case in CASES] + [
+    dict(dtype=dtype, temperature=temperature, top_k=2, vocab_size=vocab, use=use)
+    for dtype, temperature, (use, vocab) in itertools.product(
+        (torch.float32, torch.bfloat16), (1.0, 2.0), (("ce", 37), ("kd", 17))
+    )
+]
+SALT_SEED = 200
+
+
+def _salt_case_id(case) -> str:
+    return f"{_case_id(case)}-{case['use']}"
+
+
+def _salt_upstream(case, seed: int):
+    """Labels [SEQ, BATCH] and per-token weights of CE and KD in the objective (None: unused).
+
+    Labels include the first and last valid columns and both sides of the TP shard
+    boundary; some tokens weigh only one term, some neither.
+    """
+    gen = torch.Generator().manual_seed(SALT_SEED + seed)
+    vocab = case["vocab_size"] or PADDED
+    labels = torch.randint(0, vocab, (SEQ, BATCH), generator=gen)
+    labels[0] = torch.tensor([0, vocab - 1, min(SHARD, vocab - 1)])
+    labels[2, 0] = min(SHARD - 1, vocab - 1)
+    ce_weight = torch.randn(SEQ, BATCH, generator=gen)
+    kd_weight = torch.randn(SEQ, BATCH, generator=gen)
+    ce_weight[3, :2] = 0.0
+    kd_weight[3, 1:] = 0.0
+    return (
+        labels,
+        ce_weight if "ce" in case["use"] else None,
+        kd_weight if "kd" in case["use"] else None,
+    )
+
+
+def reference_ce_loss(s, labels, *, vocab_size):
+    """float64 next-token CE at T=1 over the valid vocab (padded columns carry no probability)."""
+    vocab = vocab_size or s.shape[-1]
+    log_p = torch.log_softmax(s[..., :vocab], dim=-1)
+    return -log_p.gather(-1, labels[..., None]).squeeze(-1)
+
+
+def _weighted_sum(ce, kd, ce_weight, kd_weight):
+    """``sum(ce_weight * ce + kd_weight * kd)`` leaving out an unused (None-weighted) output."""
+    terms = [
+        (loss * weight.to(loss.dtype)).sum()
+        for loss, weight in ((ce, ce_weight), (kd, kd_weight))
+        if weight is not None
+    ]
+    return sum(terms[1:], terms[0])
+
+
+def _check_salt_against_reference(case, seed, ce, kd, grad):
+    student, teacher, _ = _inputs(case, SALT_SEED + seed)
+    labels, ce_weight, kd_weight = _salt_upstream(case, seed)
+    s = student.double().requires_grad_()
+    ref_ce = reference_ce_loss(s, labels, vocab_size=case["vocab_size"])
+    ref_kd = reference_kd_loss(s, teacher, **_kd_kwargs(case))
+    (ref_grad,) = torch.autograd.grad(_weighted_sum(ref_ce, ref_kd, ce_weight, kd_weight), s)
+    loss_tol, grad_tol = _tolerances(case["dtype"])
+    for loss, ref in ((ce, ref_ce), (kd, ref_kd)):
+        assert loss.dtype == torch.float32 and loss.shape == (SEQ, BATCH)
+        torch.testing.assert_close(loss.double(), ref.detach(), **loss_tol)
+    assert grad.dtype == case["dtype"] and grad.shape == student.shape
+    torch.testing.assert_close(grad.double(), ref_grad, **grad_tol)
+
+
+@pytest.mark.parametrize(
+    "seed,case", list(enumerate(SALT_CASES)), ids=[_salt_case_id(c) for c in SALT_CASES]
+)
+def test_tp1_salt_loss_matches_reference(small_chunks, seed, case):
+    student, teacher, _ = _inputs(case, SALT_SEED + seed)
+    labels, ce_weight, kd_weight = _salt_upstream(case, seed)
+    student_before, teacher_before = student.clone(), teacher.clone()
+    student.requires_grad_()
+    ce, kd = vocab_parallel_salt_loss(student, teacher, labels, **_kd_kwargs(case))
+    _weighted_sum(ce, kd, ce_weight, kd_weight).backward()
+    _check_salt_against_reference(case, seed, ce.detach(), kd.detach(), student.grad)
+    # the KD output is exactly the KD loss's
+    assert torch.equal(kd, vocab_parallel_kd_loss(student, teacher, **_kd_kwargs(case)))
+    assert torch.equal(student.detach(), student_before)
+    assert torch.equal(teacher.nan_to_num(), teacher_before.nan_to_num())
+
+
+def test_tp1_salt_loss_default_chunking_larger_vocab():
+    gen = torch.Generator().manual_seed(4)
+    student = torch.randn(32, 2, 3008, generator=gen).mul(3).requires_grad_()
+    teacher = torch.randn(32, 2, 3008, generator=gen).mul(3)
+    labels = torch.randint(0, 3001, (32, 2), generator=gen)
+    ce_weight, kd_weight = torch.rand(2, 32, 2, generator=gen)
+    kwargs = dict(vocab_size=3001, temperature=1.5, top_k=None)
+    ce, kd = vocab_parallel_salt_loss(student, teacher, labels, **kwargs)
+    _weighted_sum(ce, kd, ce_weight, kd_weight).backward()
+    s = student.detach().double().requires_grad_()
+    ref_ce = reference_ce_loss(s, labels, vocab_size=3001)
+    ref_kd = reference_kd_loss(s, teacher, **kwargs)
+    (ref_grad,) = torch.autograd.grad(_weighted_sum(ref_ce, ref_kd, ce_weight, kd_weight), s)
+    torch.testing.assert_close(ce.double(), ref_ce.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(kd.double(), ref_kd.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(student.grad.double(), ref_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_salt_loss_labels_and_label_logits_are_checked():
+    student, teacher = torch.randn(4, 2, 12), torch.randn(4, 2, 12)
+    labels = torch.zeros(4, 2, dtype=torch.long)
+    for bad in (11, -1):  # column 11 is padding with vocab_size=11
+        bad_labels = labels.clone()
+        bad_labels[1, 1] = bad
+        bad_labels[2, 0] = bad
+        with pytest.raises(ValueError, match="labels outside \\[0, vocab_size=11\\)") as info:
+            vocab_parallel_salt_loss(student, teacher, bad_labels, vocab_size=11)
+        assert "2 of 8 tokens (first: flat token 3)" in str(info.value)
+    # non-finite student logits, also where the top-1 teacher puts no mass
+    teacher[..., 0] = 50.0
+    for value, match in ((float("-inf"), "contain -inf"), (float("nan"), "contain NaN")):
+        student[3, 1, 4] = value
+        with pytest.raises(ValueError, match=f"vocab_parallel_salt_loss: .*{match}.* 1 of 8"):
+            vocab_parallel_salt_loss(student, teacher, labels, top_k=1, temperature=2.0)
+    student[3, 1, 4] = 0.0
+    with pytest.raises(ValueError, match="labels \\(2, 4\\) do not match .* \\(4, 2\\)"):
+        vocab_parallel_salt_loss(student, teacher, labels.t())
+    with pytest.raises(TypeError, match="labels have dtype torch.float32"):
+        vocab_parallel_salt_loss(student, teacher, labels.float())
+    with pytest.raises(ValueError, match="vocab_parallel_salt_loss: temperature"):
+        vocab_parallel_salt_loss(student, teacher, labels, temperature=-1.0)
+
+
+def test_salt_loss_padded_columns_get_no_ce_gradient_and_teacher_none():
+    student = torch.randn(3, 2, 10, requires_grad=True)
+    teacher = torch.randn(3, 2, 10, requires_grad=True)
+    labels = torch.randint(0, 7, (3, 2))
+    ce, _ = vocab_parallel_salt_loss(student, teacher, labels, vocab_size=7)
+    ce.sum().backward()
+    assert teacher.grad is None
+    assert torch.equal(student.grad[..., 7:], torch.zeros(3, 2, 3))
+    # rows of softmax - onehot sum to zero over the valid columns
+    torch.testing.assert_close(student.grad.sum(dim=-1), torch.zeros(3, 2), atol=1e-6, rtol=0)
+
+
 # ---------------------------------------------------------------------------- TP=2
 
 COMBINE_WEIGHT = 0.3
@@ -307,6 +451,14 @@ def _labels_and_mask(seed: int):
     labels = torch.randint(0, 37, (SEQ, BATCH), generator=gen)
     mask = (torch.rand(SEQ, BATCH, generator=gen) > 0.3).float()
     return labels, mask
+
+
+def _unpadded_ce_inputs(dtype, seed: int):
+    gen = torch.Generator().manual_seed(300 + seed)
+    full = (3.0 * torch.randn(SEQ, BATCH, PADDED, generator=gen)).to(dtype)
+    labels = torch.randint(0, PADDED, (SEQ, BATCH), generator=gen)
+    labels[0, :2] = torch.tensor([SHARD - 1, SHARD])  # both sides of the shard boundary
+    return full, labels, torch.randn(SEQ, BATCH, generator=gen)
 
 
 def _tp2_rank_fn():
@@ -346,6 +498,60 @@ def _tp2_rank_fn():
         parts = combine_salt_loss(ce, kd, mask, COMBINE_WEIGHT)
         parts.total_sum.backward()
         out["combine"].append((parts.total_sum.detach(), parts.num_tokens, shard.grad))
+
+    # The fused CE + KD loss.
+    out.update(salt=[], salt_vs_megatron=[], salt_combine=[], salt_errors=[])
+    for seed, case in enumerate(SALT_CASES):
+        student, teacher, _ = _inputs(case, SALT_SEED + seed)
+        labels, ce_weight, kd_weight = _salt_upstream(case, seed)
+        student = student[..., columns].clone().requires_grad_()
+        ce, kd = vocab_parallel_salt_loss(
+            student,
+            teacher[..., columns].clone(),
+            labels,
+            **_kd_kwargs(case),
+            tp_group=group if seed % 2 else None,
+        )
+        _weighted_sum(ce, kd, ce_weight, kd_weight).backward()
+        out["salt"].append((ce.detach(), kd.detach(), student.grad))
+
+    # Without padding its CE is Megatron's (value and gradient).
+    for seed, dtype in enumerate((torch.float32, torch.bfloat16)):
+        full, labels, weight = _unpadded_ce_inputs(dtype, seed)
+        ours = full[..., columns].clone().requires_grad_()
+        ce, _ = vocab_parallel_salt_loss(ours, torch.zeros_like(ours), labels, temperature=2.0)
+        (ce * weight).sum().backward()
+        theirs = full[..., columns].clone().requires_grad_()
+        megatron_ce = vocab_parallel_cross_entropy(theirs.clone(), labels)
+        (megatron_ce * weight).sum().backward()
+        out["salt_vs_megatron"].append((ce.detach(), ours.grad, megatron_ce.detach(), theirs.grad))
+
+    # What the training loop does during KD: fused CE + KD, masked and mixed.
+    for seed, case in enumerate(COMBINE_CASES):
+        student, teacher, _ = _inputs(case, 100 + seed)
+        labels, mask = _labels_and_mask(seed)
+        shard = student[..., columns].clone().requires_grad_()
+        ce, kd = vocab_parallel_salt_loss(
+            shard, teacher[..., columns].clone(), labels, **_kd_kwargs(case)
+        )
+        parts = combine_salt_loss(ce, kd, mask, COMBINE_WEIGHT)
+        parts.total_sum.backward()
+        out["salt_combine"].append((parts.total_sum.detach(), parts.lm_sum, shard.grad))
+
+    # A label in rank 1's padding, or negative, fails on both ranks alike.
+    for bad_label in (38, -1):
+        labels = torch.zeros(SEQ, BATCH, dtype=torch.long)
+        labels[2, 1] = bad_label
+        try:
+            vocab_parallel_salt_loss(
+                torch.randn(SEQ, BATCH, SHARD),
+                torch.randn(SEQ, BATCH, SHARD),
+                labels,
+                vocab_size=37,
+            )
+            out["salt_errors"].append("")
+        except ValueError as err:
+            out["salt_errors"].append(str(err))
 
     # Sharing one fp32 tensor with Megatron's CE is caught, not silently wrong.
     shard = torch.randn(SEQ, BATCH, SHARD, requires_grad=True)
@@ -458,6 +664,61 @@ def test_tp2_combined_loss_with_megatron_ce_and_mask(tp2, seed, case):
         assert ((grad - ref_grad).abs() <= bound).all()
     else:
         torch.testing.assert_close(grad, ref_grad, **grad_tol)
+
+
+@pytest.mark.parametrize(
+    "seed,case", list(enumerate(SALT_CASES)), ids=[_salt_case_id(c) for c in SALT_CASES]
+)
+def test_tp2_salt_loss_matches_reference(tp2, seed, case):
+    (ce, kd, _), (ce_1, kd_1, _) = (rank_out["salt"][seed] for rank_out in tp2)
+    assert torch.equal(ce, ce_1) and torch.equal(kd, kd_1), "TP ranks disagree on the loss"
+    grad = torch.cat([rank_out["salt"][seed][2] for rank_out in tp2], dim=-1)
+    _check_salt_against_reference(case, seed, ce, kd, grad)
+
+
+@pytest.mark.parametrize("seed,dtype", list(enumerate((torch.float32, torch.bfloat16))))
+def test_tp2_salt_ce_equals_megatron_ce_without_padding(tp2, seed, dtype):
+    full, labels, weight = _unpadded_ce_inputs(dtype, seed)
+    s = full.double().requires_grad_()
+    ref = reference_ce_loss(s, labels, vocab_size=None)
+    (ref_grad,) = torch.autograd.grad((ref * weight.double()).sum(), s)
+    loss_tol, grad_tol = _tolerances(dtype)
+    for rank, rank_out in enumerate(tp2):
+        ce, grad, megatron_ce, megatron_grad = rank_out["salt_vs_megatron"][seed]
+        torch.testing.assert_close(ce, megatron_ce, **loss_tol)
+        torch.testing.assert_close(ce.double(), ref.detach(), **loss_tol)
+        assert grad.dtype == megatron_grad.dtype == dtype
+        torch.testing.assert_close(grad, megatron_grad, **grad_tol)
+        torch.testing.assert_close(
+            grad.double(), ref_grad[..., rank * SHARD : (rank + 1) * SHARD], **grad_tol
+        )
+
+
+@pytest.mark.parametrize("seed,case", list(enumerate(COMBINE_CASES)))
+def test_tp2_combined_loss_with_fused_ce_and_mask(tp2, seed, case):
+    student, teacher, _ = _inputs(case, 100 + seed)  # padded columns hold 1e4: never read
+    labels, mask = _labels_and_mask(seed)
+    s = student.double().requires_grad_()
+    ce = reference_ce_loss(s, labels, vocab_size=case["vocab_size"])
+    kd = reference_kd_loss(s, teacher, **_kd_kwargs(case))
+    total = (mask.double() * ((1 - COMBINE_WEIGHT) * ce + COMBINE_WEIGHT * kd)).sum()
+    (ref_grad,) = torch.autograd.grad(total, s)
+    loss_tol, grad_tol = _tolerances(case["dtype"])
+    for rank_out in tp2:
+        total_sum, lm_sum, _ = rank_out["salt_combine"][seed]
+        torch.testing.assert_close(total_sum.double(), total.detach(), **loss_tol)
+        torch.testing.assert_close(lm_sum.double(), (mask * ce).sum().detach(), **loss_tol)
+    grad = torch.cat([rank_out["salt_combine"][seed][2] for rank_out in tp2], dim=-1)
+    # One rounding to the student's dtype (autograd adds no second term here).
+    torch.testing.assert_close(grad.double(), ref_grad, **grad_tol)
+
+
+def test_tp2_salt_loss_bad_labels_raise_same_error_on_every_rank(tp2):
+    for index, bad_label in enumerate((38, -1)):
+        msgs = [rank_out["salt_errors"][index] for rank_out in tp2]
+        assert msgs[0] == msgs[1]
+        assert "labels outside [0, vocab_size=37)" in msgs[0], bad_label
+        assert "1 of 15 tokens (first: flat token 7)" in msgs[0]
 
 
 def test_tp2_sharing_fp32_logits_with_megatron_ce_is_caught(tp2):

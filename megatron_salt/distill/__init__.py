@@ -1,6 +1,7 @@
-"""Knowledge distillation for SALT: the KD loss, vocab alignment, the KD weight schedule."""
+"""Knowledge distillation for SALT: the KD (and fused CE + KD) loss, vocab alignment, the KD
+weight schedule."""
 
-from megatron_salt.distill.kd_loss import vocab_parallel_kd_loss
+from megatron_salt.distill.kd_loss import vocab_parallel_kd_loss, vocab_parallel_salt_loss
 from megatron_salt.distill.loss import SaltLossParts, combine_salt_loss
 from megatron_salt.distill.schedule import KD_SCHEDULES, kd_weight
 from megatron_salt.distill.vocab import check_vocab_compatible, teacher_logits_to_student_shard
@@ -13,4 +14,5 @@ __all__ = [
     "kd_weight",
     "teacher_logits_to_student_shard",
     "vocab_parallel_kd_loss",
+    "vocab_parallel_salt_loss",
 ]

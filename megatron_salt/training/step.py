@@ -1,8 +1,9 @@
 """The ``forward_step_func`` and ``loss_func`` handed to Megatron-Core's pipeline schedules.
 
 On the student's last stage the loss is ``(1-w)*CE + w*KD`` (SALT), with both
-terms computed from the same vocab-parallel logits; ``w = 0`` or no teacher is
-plain next-token prediction. Everything returned in the report dictionary is a
+terms computed in one pass over the vocab-parallel logits
+(``vocab_parallel_salt_loss``); ``w = 0`` or no teacher is plain next-token
+prediction with Megatron-Core's CE. Everything returned in the report dictionary is a
 ``[sum, count]`` pair so the trainer can average over micro-batches and
 data-parallel ranks exactly.
 """
@@ -18,7 +19,11 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 
-from megatron_salt.distill import combine_salt_loss, vocab_parallel_kd_loss
+from megatron_salt.distill import (
+    combine_salt_loss,
+    vocab_parallel_kd_loss,
+    vocab_parallel_salt_loss,
+)
 from megatron_salt.teacher import Teacher
 
 
@@ -78,35 +83,39 @@ class ForwardStep:
         labels = batch["labels"].t().contiguous()
         loss_mask = batch["loss_mask"].t().float()
         kd = self.kd
-        kd_loss = None
+        lm_loss = kd_loss = None
+        measures = {}
         if teacher_logits is not None:
+            kd_args = dict(vocab_size=kd.vocab_size, temperature=kd.temperature, top_k=kd.top_k)
             start = self.times.now()
-            kd_loss = vocab_parallel_kd_loss(
-                logits,
-                teacher_logits,
-                vocab_size=kd.vocab_size,
-                temperature=kd.temperature,
-                top_k=kd.top_k,
-            )
+            if kd.weight > 0.0:
+                # One pass over the logits gives both terms, with no copy of them. Its CE
+                # excludes padded vocab columns (no probability, as in the KD term).
+                lm_loss, kd_loss = vocab_parallel_salt_loss(
+                    logits, teacher_logits, labels, **kd_args
+                )
+            else:
+                # w == 0: the teacher is only measured. The CE below stays Megatron's, so
+                # a run with --kd-alpha 0 trains bitwise like one without a teacher; the
+                # KD value is reported, never differentiated (nothing kept for backward).
+                with torch.no_grad():
+                    kd_loss = vocab_parallel_kd_loss(logits, teacher_logits, **kd_args)
             self.times.kd_loss_s += self.times.now() - start
-        # Megatron's vocab-parallel CE works in place on fp32 logits; the KD loss
-        # still needs them for its backward, so give the CE its own copy then.
-        ce_logits = (
-            logits.clone() if kd_loss is not None and logits.dtype == torch.float32 else logits
-        )
-        lm_loss = tensor_parallel.vocab_parallel_cross_entropy(ce_logits, labels)
+            if kd.measure:  # before Megatron's CE, which rewrites fp32 logits in place
+                measures = _teacher_measures(
+                    logits, teacher_logits, labels, loss_mask, kd.vocab_size
+                )
+        if lm_loss is None:
+            lm_loss = tensor_parallel.vocab_parallel_cross_entropy(logits, labels)
         parts = combine_salt_loss(lm_loss, kd_loss, loss_mask, kd.weight if kd else 0.0)
         count = parts.num_tokens.detach().float()
         report = {
             "lm loss": torch.stack([parts.lm_sum.detach().float(), count]),
             "total loss": torch.stack([parts.total_sum.detach().float(), count]),
+            **measures,
         }
         if kd_loss is not None:
             report["kd loss"] = torch.stack([parts.kd_sum.detach().float(), count])
-            if kd.measure:
-                report.update(
-                    _teacher_measures(logits, teacher_logits, labels, loss_mask, kd.vocab_size)
-                )
         # clone: the schedule divides the returned loss in place.
         return parts.total_sum.clone(), parts.num_tokens, report
 
