@@ -28,7 +28,7 @@ TRAIN_ARGS=(
     --lr 3e-3 --min-lr 3e-4 --lr-decay-style cosine --lr-warmup-iters 20
     --weight-decay 0.1 --adam-beta2 0.95 --clip-grad 1.0
     --hidden-dropout 0.0 --attention-dropout 0.0
-    --split 98,2,0 --seed 1234
+    --split 98,2,0 --seed "${SEED:-1234}"
     --log-interval 10 --eval-interval 20 --eval-iters 4
 )
 DATA_ARGS=(

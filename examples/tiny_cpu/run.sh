@@ -2,6 +2,8 @@
 # Tiny CPU SALT example. Usage: examples/tiny_cpu/run.sh MODE
 #   MODE: teacher | baseline | salt | score | salt_ds | report | all
 #   LAYOUT=single|tp2|pp2 (default single) runs each training on 1 process or 2 gloo ranks.
+#   RUN_NAME names the run directory of a single baseline/salt/salt_ds run (default: the mode),
+#   so variants (KD_ALPHA, KD_ITERS, KD_SCHEDULE, KD_TEMPERATURE, SEED, ...) sit side by side.
 # Needs the demo data (make demo builds it, or set DATA / TOKENIZER).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -58,10 +60,10 @@ report() {
 mode=${1:-all}
 case "$mode" in
     teacher) teacher ;;
-    baseline) student baseline ;;
-    salt) student salt --kd-teacher-load "$RUNS/teacher" "${KD_ARGS[@]}" "${TEACHER_LAYOUT_ARGS[@]}" ;;
+    baseline) student "${RUN_NAME:-baseline}" ;;
+    salt) student "${RUN_NAME:-salt}" --kd-teacher-load "$RUNS/teacher" "${KD_ARGS[@]}" "${TEACHER_LAYOUT_ARGS[@]}" ;;
     score) score ;;
-    salt_ds) student salt_ds --kd-teacher-load "$RUNS/teacher" "${KD_ARGS[@]}" "${TEACHER_LAYOUT_ARGS[@]}" \
+    salt_ds) student "${RUN_NAME:-salt_ds}" --kd-teacher-load "$RUNS/teacher" "${KD_ARGS[@]}" "${TEACHER_LAYOUT_ARGS[@]}" \
                  --kd-data-path "$DATA" --kd-data-selection "$KD_SELECTION" ;;
     report) report ;;
     all)
