@@ -71,6 +71,8 @@ def transformer_config(
         add_bias_linear=model_cfg.add_bias_linear,
         tensor_model_parallel_size=parallel.tensor_model_parallel_size,
         pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
+        # Megatron-Core 0.16's default ("full") warns as deprecated; [] is the same scope.
+        cuda_graph_scope=[],
         bf16=precision.bf16,
         params_dtype=precision.params_dtype,
         pipeline_dtype=precision.params_dtype,

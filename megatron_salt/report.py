@@ -774,8 +774,9 @@ def plot_comparison(
         "KD phase (run's colour)",
     ]
     fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False)
+    who = baseline.name if "baseline" in baseline.name else f"baseline {baseline.name}"
     fig.suptitle(
-        f"{title}\nbaseline {baseline.name}: final validation loss {target:.4f} "
+        f"{title}\n{who}: final validation loss {target:.4f} "
         f"at step {baseline.final_val.iteration}",
         fontsize=13,
     )

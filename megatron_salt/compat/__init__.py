@@ -6,6 +6,7 @@ from megatron_salt.compat.backends import (
     have_apex,
     have_transformer_engine,
     quiet_optional_backend_warnings,
+    quiet_upstream_warnings,
 )
 from megatron_salt.compat.cpu import apply_cpu_patches, cpu_patches_needed
 
@@ -17,4 +18,5 @@ __all__ = [
     "have_apex",
     "have_transformer_engine",
     "quiet_optional_backend_warnings",
+    "quiet_upstream_warnings",
 ]

@@ -27,6 +27,16 @@ def quiet_optional_backend_warnings() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
+def quiet_upstream_warnings() -> None:
+    """For command-line tools: also drop torch/Megatron-Core deprecation notices.
+
+    ``dist_checkpointing`` on torch 2.13 warns about ShardedTensor and ``load_state_dict``
+    at every save and load; users cannot act on them, and they bury the progress lines.
+    """
+    quiet_optional_backend_warnings()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 @functools.cache
 def have_transformer_engine() -> bool:
     """True when ``transformer_engine.pytorch`` imports (it needs a GPU and CUDA)."""

@@ -15,8 +15,11 @@ import numpy as np
 
 
 class _Parser(argparse.ArgumentParser):
+    """One-line usage errors (no usage dump), exit status 2 like argparse."""
+
     def error(self, message: str) -> NoReturn:
-        raise SystemExit(f"{self.prog}: error: {message}")
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _fail(prog: str, message: str) -> int:
@@ -52,8 +55,9 @@ def init_distributed_from_env(tensor_model_parallel_size: int = 1) -> None:
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-    from megatron_salt.compat import apply_cpu_patches
+    from megatron_salt.compat import apply_cpu_patches, quiet_upstream_warnings
 
+    quiet_upstream_warnings()
     apply_cpu_patches()
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -118,13 +122,7 @@ def score_main(argv: Sequence[str] | None = None) -> int:
         default=512,
         help="documents per resumable unit of work",
     )
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as err:
-        if isinstance(err.code, str):
-            print(err.code, file=sys.stderr)
-            return 2
-        raise
+    args = parser.parse_args(argv)
     for prefix in args.data_path:
         if not os.path.isfile(prefix + ".idx") or not os.path.isfile(prefix + ".bin"):
             return _fail(prog, f"--data-path: {prefix}.bin/.idx not found")
@@ -253,13 +251,7 @@ def select_main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--data-path", nargs="+", required=True)
     parser.add_argument("--kd-data-selection", default=None, help="'top:F' or 'range:LO:HI'")
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as err:
-        if isinstance(err.code, str):
-            print(err.code, file=sys.stderr)
-            return 2
-        raise
+    args = parser.parse_args(argv)
     from megatron_salt.selection.sidecar import StaleScoresError
 
     for prefix in args.data_path:

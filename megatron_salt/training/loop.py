@@ -17,7 +17,6 @@ import datetime
 import logging
 import os
 import sys
-import warnings
 from typing import Any
 
 import torch
@@ -26,7 +25,7 @@ import torch.distributed as dist
 from megatron_salt.compat import (
     apply_cpu_patches,
     describe_backends,
-    quiet_optional_backend_warnings,
+    quiet_upstream_warnings,
 )
 from megatron_salt.training.arguments import FlagError, parse_args
 
@@ -42,9 +41,7 @@ def _setup_logging(rank: int) -> None:
         stream=sys.stdout,
         force=True,
     )
-    quiet_optional_backend_warnings()
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=r".*cuda_graph_scope.*")
+    quiet_upstream_warnings()
     for noisy in ("megatron.core", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

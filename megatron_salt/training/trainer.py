@@ -332,15 +332,7 @@ class Trainer:
             times.teacher_s = times.kd_loss_s = 0.0
             self.model.zero_grad_buffer()
             self.optimizer.zero_grad()
-            reports = self.forward_backward(
-                forward_step_func=forward_step,
-                data_iterator=iter(batches),
-                model=[self.model],
-                num_microbatches=self.layout.num_microbatches,
-                seq_length=args.seq_length,
-                micro_batch_size=args.micro_batch_size,
-                forward_only=False,
-            )
+            reports = self._run_schedule(forward_step, batches, forward_only=False)
             if self.teacher is not None:
                 self.teacher.finish_step()
             update_ok, grad_norm, _ = self.optimizer.step()
@@ -438,6 +430,20 @@ class Trainer:
             self.metrics.write("train", self.iteration, record)
             self.wandb.log({f"train/{k}": v for k, v in record.items()}, step=self.iteration)
 
+    def _run_schedule(
+        self, forward_step: ForwardStep, batches: list, *, forward_only: bool
+    ) -> list[dict]:
+        """One step's micro-batches through Megatron-Core's pipeline schedule."""
+        return self.forward_backward(
+            forward_step_func=forward_step,
+            data_iterator=iter(batches),
+            model=[self.model],
+            num_microbatches=self.layout.num_microbatches,
+            seq_length=self.args.seq_length,
+            micro_batch_size=self.args.micro_batch_size,
+            forward_only=forward_only,
+        )
+
     @torch.no_grad()
     def evaluate(self) -> float | None:
         """Validation LM loss (no KD) on the same ``--eval-iters`` batches every time."""
@@ -446,15 +452,7 @@ class Trainer:
         reports = []
         for step in range(args.eval_iters):
             batches = microbatches(self.datasets["valid"], self.layout, step, device())
-            reports += self.forward_backward(
-                forward_step_func=ForwardStep(),
-                data_iterator=iter(batches),
-                model=[self.model],
-                num_microbatches=self.layout.num_microbatches,
-                seq_length=args.seq_length,
-                micro_batch_size=args.micro_batch_size,
-                forward_only=True,
-            )
+            reports += self._run_schedule(ForwardStep(), batches, forward_only=True)
         self.model.train()
         values = (
             reduce_reports(reports, parallel_state.get_data_parallel_group())
