@@ -773,14 +773,17 @@ def plot_comparison(
         "first eval at/below it (% of baseline)",
         "KD phase (run's colour)",
     ]
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False)
+    ncol = min(4, len(labels))
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False)
+    legend_rows = -(-len(labels) // ncol)
     who = baseline.name if "baseline" in baseline.name else f"baseline {baseline.name}"
     fig.suptitle(
         f"{title}\n{who}: final validation loss {target:.4f} "
         f"at step {baseline.final_val.iteration}",
         fontsize=13,
     )
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    # Leave the legend its rows below the axes (many runs: several rows).
+    fig.tight_layout(rect=(0, 0.02 + 0.022 * legend_rows, 1, 1))
     _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 

@@ -125,7 +125,8 @@ class Trainer:
         self._exit_signal = _SignalFlag(signal.SIGTERM) if args.exit_signal_handler else None
         n_params = sum(p.numel() for p in self.model.parameters())
         logger.info(
-            "student: %s params on this rank (%s total), TP=%d PP=%d DP=%d, %d micro-batches/step",
+            "%s: %s params on this rank (%s total), TP=%d PP=%d DP=%d, %d micro-batches/step",
+            "student" if self.kd.enabled else "model",
             f"{n_params:,}",
             f"{self.model_cfg.num_parameters():,}",
             tp,
