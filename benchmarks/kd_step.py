@@ -35,6 +35,12 @@ from megatron_salt.flops import salt_ideal_step_ratio  # noqa: E402
 LAYOUTS = {
     "single": (1, [], []),
     "tp2": (2, ["--tensor-model-parallel-size", "2"], []),
+    # the small teacher unsharded on each rank: more FLOPs, no teacher TP communication
+    "tp2-teacher-tp1": (
+        2,
+        ["--tensor-model-parallel-size", "2"],
+        ["--kd-teacher-tensor-model-parallel-size", "1"],
+    ),
     "pp2": (
         2,
         ["--pipeline-model-parallel-size", "2"],
@@ -67,6 +73,14 @@ def run(nproc: int, argv: list[str], env: dict[str, str]) -> None:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode:
         sys.exit(f"kd_step: run failed: {shlex.join(cmd)}\n{proc.stderr[-3000:]}")
+
+
+def _tp(flags: list[str], default: int = 1) -> int:
+    """The TP size a layout's flags set (``default`` when they leave it alone)."""
+    for name in ("--tensor-model-parallel-size", "--kd-teacher-tensor-model-parallel-size"):
+        if name in flags:
+            return int(flags[flags.index(name) + 1])
+    return default
 
 
 def step_times_ms(run_dir: Path) -> list[float]:
@@ -137,7 +151,11 @@ def main() -> int:
                     run(nproc, argv, env)
                     times[mode] += step_times_ms(out)
             base, salt = statistics.median(times["baseline"]), statistics.median(times["salt"])
-            rows.append((layout, base, salt, salt / base, ideal, salt / base / ideal))
+            # A teacher with less TP than the student does more of its FLOPs on every rank.
+            student_tp = _tp(student_flags)
+            teacher_tp = _tp(teacher_flags, default=student_tp)  # the teacher's default TP
+            layout_ideal = 1.0 + (ideal - 1.0) * student_tp / teacher_tp
+            rows.append((layout, base, salt, salt / base, layout_ideal, salt / base / layout_ideal))
     print(
         f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']}, {opts.iters} iterations x "
         f"{opts.repeats} A/B repeats, median step time"
