@@ -191,6 +191,40 @@ def test_sidecar_alignment_and_atomic_header(tmp_path, scored):
         load_scores(copy)
 
 
+def test_select_data_reports_kept_documents_and_tokens_per_subset(tmp_path, scored):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from megatron_salt.selection.cli import describe_selection
+
+    prefix, _ = scored
+    copy = _copy_prefix(prefix, tmp_path / "subsets")
+    scores = np.array([0.5, np.nan, 2.0, 1.0, 3.0, 0.1, 9.0], dtype=np.float32)
+    write_scores(
+        copy, scores, ScoreHeader("ckpt", 1, "f", 10, "median", 48, idx_fingerprint(copy), 7, 6)
+    )
+    subset_ids = np.array([0, 0, 1, 1, 1, 0, 1], dtype=np.int16)
+    np.save(copy + ".subsets.npy", subset_ids)
+    Path(copy + ".summary.json").write_text(json.dumps({"subset_names": ["Docs", "Source"]}))
+
+    lines = describe_selection(copy, "top:0.5")  # keeps documents 2, 4, 6 (scores 2, 3, 9)
+    dataset = IndexedDataset(copy, mmap=True)
+    bounds = dataset.document_indices
+    lengths = [int(dataset.sequence_lengths[bounds[d] : bounds[d + 1]].sum()) for d in range(7)]
+    source_total = sum(lengths[d] for d in (2, 3, 4, 6))
+    source_kept = lengths[2] + lengths[4] + lengths[6]
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in lines
+        if line.startswith(("  Docs", "  Source"))
+    }
+    assert rows["Docs"] == ["0/3", f"0/{sum(lengths[d] for d in (0, 1, 5)):,}", "0.0%"]
+    assert rows["Source"] == [
+        "3/4",
+        f"{source_kept:,}/{source_total:,}",
+        f"{source_kept / source_total:.1%}",
+    ]
+
+
 def test_selection_rules_keep_exactly_what_they_name():
     scores = np.array([3.0, np.nan, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, np.nan, 6.0])
     # ascending by (score, id) over the 8 scored documents: 2,4,7,0,3,5,9,6

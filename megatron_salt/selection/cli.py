@@ -224,19 +224,23 @@ def describe_selection(prefix: str, selection_text: str | None) -> list[str]:
         )
     subsets = _subset_names(prefix)
     if subsets is not None:
-        ids, names = subsets
+        # Token shares, not document shares: a rule can keep half the documents of a
+        # subset and a fifth of its tokens, and tokens are what the KD phase trains on.
         lines.append(
-            f"  {'Pile subset':<24} {'docs kept':>12} {'tokens kept':>14} {'share kept':>10}"
+            f"  {'Pile subset':<24} {'docs kept':>13} {'tokens kept':>23} {'token share':>11}"
         )
         kept_mask = np.zeros(len(scores), dtype=bool)
         kept_mask[keep] = True
+        ids, names = subsets
         for index, name in enumerate(names):
             in_subset = ids == index
-            docs = int((kept_mask & in_subset).sum())
+            docs, docs_total = int((kept_mask & in_subset).sum()), int(in_subset.sum())
             tokens = int(doc_tokens[kept_mask & in_subset].sum())
-            share = docs / max(int(in_subset.sum()), 1)
+            tokens_total = int(doc_tokens[in_subset].sum())
+            share = tokens / max(tokens_total, 1)
             lines.append(
-                f"  {name:<24} {docs:>5,}/{int(in_subset.sum()):<6,} {tokens:>14,} {share:>10.1%}"
+                f"  {name:<24} {docs:>6,}/{docs_total:<6,} {tokens:>11,}/{tokens_total:<11,} "
+                f"{share:>11.1%}"
             )
     return lines
 
