@@ -1,20 +1,29 @@
 # megatron-salt: the two commands a user needs.
 #   make demo   corpus -> tokenizer -> indexed dataset -> teacher -> scores ->
 #               baseline, SALT and SALT_DS students -> report (CPU, ~15 min on 2 cores)
-#   make test   the test suite
-# Both create .venv and install what they need. On machines without a GPU,
-# torch is pinned to the local CPU wheel so pip never pulls CUDA packages.
+#   make test   the test suite (Python 3.11, megatron-core 0.16.1: what pip resolves there)
+#   make test-newest  the same suite on Python 3.12 and the newest megatron-core 0.19.x,
+#               plus checkpoints and losses across the two versions
+# Each creates its venv and installs what it needs. On machines without a GPU,
+# torch is pinned to the local CPU wheel so pip never pulls CUDA packages (on
+# Python 3.12 there is no local wheel: the same release comes from the index).
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
+# A second interpreter whose venv has another megatron-core (tests/test_megatron_versions.py).
+OTHER_PYTHON ?=
+
+# Python 3.12 (pyenv's newest 3.12, else one on PATH) with the newest megatron-core setup.py admits.
+PYTHON_NEWEST ?= $(or $(lastword $(sort $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12))),$(shell command -v python3.12))
+VENV_NEWEST ?= .venv-newest
 
 DEMO_DIR ?= demo_out
 WORKERS ?= 2
 
-.PHONY: install test demo lint clean-demo bench
+.PHONY: install test test-newest demo lint clean-demo bench
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +35,11 @@ $(STAMP): setup.py
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	SALT_OTHER_PYTHON=$(OTHER_PYTHON) $(PY) -m pytest -q tests
+
+test-newest: $(STAMP)
+	@test -n "$(PYTHON_NEWEST)" || { echo "test-newest: no python3.12 found (set PYTHON_NEWEST)"; exit 2; }
+	$(MAKE) test PYTHON=$(PYTHON_NEWEST) VENV=$(VENV_NEWEST) OTHER_PYTHON=$(abspath $(PY))
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

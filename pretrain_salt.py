@@ -10,9 +10,9 @@ import sys
 if __name__ == "__main__":
     # Imports stay under the guard: Megatron's checkpoint writer spawns a helper
     # process that re-imports this file, and it should not pay for Megatron.
-    from megatron_salt.compat.backends import quiet_optional_backend_warnings
+    from megatron_salt.compat.noise import filter_upstream_noise
 
-    quiet_optional_backend_warnings()  # before Megatron-Core's imports warn about TE/apex
+    filter_upstream_noise()  # before Megatron-Core's imports warn about TE/apex
     from megatron_salt.training.loop import main
 
     sys.exit(main())

@@ -18,7 +18,10 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["megatron_salt", "megatron_salt.*"]),
     install_requires=[
-        "megatron-core>=0.16.1",
+        # Tested: 0.16.1 (newest for Python 3.11) and 0.19.2 (Python 3.12); see
+        # megatron_salt/compat/versions.py and `make test-newest`.
+        "megatron-core>=0.16.1,<0.20",
+        "packaging",
         "torch>=2.6",
         "numpy",
         "sentencepiece",

@@ -256,18 +256,18 @@ def _worker(args) -> None:
             return
         version = modelopt.__version__
     if args.tp == 1:
-        from megatron_salt.compat import apply_cpu_patches, quiet_optional_backend_warnings
+        from megatron_salt.compat import apply_cpu_patches, filter_upstream_noise
 
-        quiet_optional_backend_warnings()
+        filter_upstream_noise()
         apply_cpu_patches()
         per_rank = [
             _measure(args.impl, args.vocab, args.dtype, 1, args.tokens, args.repeats, args.device)
         ]
     else:
-        from megatron_salt.compat import quiet_optional_backend_warnings
+        from megatron_salt.compat import filter_upstream_noise
         from megatron_salt.testing import run_on_ranks
 
-        quiet_optional_backend_warnings()
+        filter_upstream_noise()
         per_rank = run_on_ranks(
             _measure,
             args.tp,

@@ -46,9 +46,9 @@ def plain_loop(input_path: str, output_prefix: str, model: str) -> None:
     """The baseline: one process, one document at a time."""
     import sentencepiece
 
-    from megatron_salt.compat import quiet_optional_backend_warnings
+    from megatron_salt.compat import filter_upstream_noise
 
-    quiet_optional_backend_warnings()
+    filter_upstream_noise()
     from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
     sp = sentencepiece.SentencePieceProcessor(model_file=model)
@@ -325,9 +325,9 @@ def _read(prefix: str) -> tuple[bytes, bytes]:
 
 
 def _token_count(prefix: str) -> int:
-    from megatron_salt.compat import quiet_optional_backend_warnings
+    from megatron_salt.compat import filter_upstream_noise
 
-    quiet_optional_backend_warnings()
+    filter_upstream_noise()
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     dataset = IndexedDataset(prefix)  # keep it alive: its arrays are views of its mmap

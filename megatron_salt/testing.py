@@ -35,9 +35,9 @@ def _share_checkpoint_writer_queue() -> None:
     (seconds on CPU: the child re-imports ``__main__``) the first time a process
     saves. Forked ranks inherit the parent's manager instead of each starting one.
     """
-    from megatron.core.dist_checkpointing.strategies import filesystem_async
+    from megatron_salt.compat.versions import checkpoint_write_results_queue
 
-    filesystem_async._get_write_results_queue()
+    checkpoint_write_results_queue()
 
 
 def free_port() -> int:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from megatron_salt.compat import apply_cpu_patches, quiet_optional_backend_warnings
+from megatron_salt.compat import apply_cpu_patches, filter_upstream_noise
 
-quiet_optional_backend_warnings()
+filter_upstream_noise()
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     apply_cpu_patches()

@@ -13,6 +13,8 @@ from pathlib import Path
 from megatron_salt.testing import run_on_ranks
 
 REPO = Path(__file__).resolve().parents[1]
+#: The per-step values a resumed (or otherwise equivalent) run must reproduce bitwise.
+RESUME_COMPARED = ("lm_loss", "kd_loss", "total_loss", "grad_norm", "learning_rate", "kd_weight")
 TEACHER = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4"]
 STUDENT = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4"]
 

@@ -12,6 +12,7 @@ import time
 import pytest
 from salt_runs import (
     REPO,
+    RESUME_COMPARED,
     pretrain_on,
     records,
     salt_args,
@@ -95,9 +96,6 @@ def test_alpha_zero_trains_exactly_like_the_baseline(tiny_data, checkpoints, tmp
     assert zero_eval[-1]["lm_loss"] == base_eval[-1]["lm_loss"]
     # The teacher did run (its loss was measured) but carried no weight.
     assert "teacher_lm_loss" in zero_train[0] and zero_train[0]["kd_weight"] == 0.0
-
-
-RESUME_COMPARED = ("lm_loss", "kd_loss", "total_loss", "grad_norm", "learning_rate", "kd_weight")
 
 
 def test_resume_mid_kd_and_after_switch_is_bitwise(tiny_data, checkpoints, tmp_path):

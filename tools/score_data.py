@@ -8,9 +8,9 @@
 import sys
 
 if __name__ == "__main__":
-    from megatron_salt.compat.backends import quiet_optional_backend_warnings
+    from megatron_salt.compat.noise import filter_upstream_noise
 
-    quiet_optional_backend_warnings()
+    filter_upstream_noise()
     from megatron_salt.selection.cli import score_main
 
     sys.exit(score_main())

@@ -7,9 +7,9 @@ python tools/select_data.py --data-path /data/pile_text_document --kd-data-selec
 import sys
 
 if __name__ == "__main__":
-    from megatron_salt.compat.backends import quiet_optional_backend_warnings
+    from megatron_salt.compat.noise import filter_upstream_noise
 
-    quiet_optional_backend_warnings()
+    filter_upstream_noise()
     from megatron_salt.selection.cli import select_main
 
     sys.exit(select_main())

@@ -5,10 +5,10 @@ from megatron_salt.compat.backends import (
     describe_backends,
     have_apex,
     have_transformer_engine,
-    quiet_optional_backend_warnings,
-    quiet_upstream_warnings,
 )
 from megatron_salt.compat.cpu import apply_cpu_patches, cpu_patches_needed
+from megatron_salt.compat.noise import filter_upstream_noise
+from megatron_salt.compat.versions import TESTED_MEGATRON_CORE, warn_if_untested
 
 __all__ = [
     "current_device",
@@ -17,6 +17,7 @@ __all__ = [
     "describe_backends",
     "have_apex",
     "have_transformer_engine",
-    "quiet_optional_backend_warnings",
-    "quiet_upstream_warnings",
+    "filter_upstream_noise",
+    "warn_if_untested",
+    "TESTED_MEGATRON_CORE",
 ]

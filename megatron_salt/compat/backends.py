@@ -1,40 +1,17 @@
 """Optional GPU libraries (Transformer Engine, apex): detect lazily, report the path taken.
 
 Megatron-Core warns once per module when TE or apex is missing; on a CPU
-machine that is a dozen lines of noise. We silence exactly those warnings and
-instead log one line saying which path is active (:func:`describe_backends`).
+machine that is a dozen lines of noise. :mod:`megatron_salt.compat.noise` drops
+exactly those warnings and :func:`describe_backends` logs one line instead
+saying which path is active.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
-import warnings
 
 import torch
-
-_MISSING_BACKEND_WARNINGS = (
-    r"Transformer Engine and Apex are not installed.*",
-    r"Apex is not installed.*",
-    r"Transformer Engine is not installed.*",
-    r"When using async grad allreduce it is recommended to set the environment variable.*",
-)
-
-
-def quiet_optional_backend_warnings() -> None:
-    """Ignore Megatron-Core's 'TE/apex not installed, falling back' warnings."""
-    for pattern in _MISSING_BACKEND_WARNINGS:
-        warnings.filterwarnings("ignore", message=pattern)
-
-
-def quiet_upstream_warnings() -> None:
-    """For command-line tools: also drop torch/Megatron-Core deprecation notices.
-
-    ``dist_checkpointing`` on torch 2.13 warns about ShardedTensor and ``load_state_dict``
-    at every save and load; users cannot act on them, and they bury the progress lines.
-    """
-    quiet_optional_backend_warnings()
-    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 @functools.cache

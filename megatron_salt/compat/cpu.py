@@ -1,4 +1,4 @@
-"""Runtime patches that let Megatron-Core 0.16 run on CPU over gloo.
+"""Runtime patches that let Megatron-Core (0.16.1 to 0.19.x) run on CPU over gloo.
 
 Megatron-Core assumes a CUDA device in a handful of places that have nothing to
 do with the math: it asks ``torch.cuda.current_device()`` where a tensor should
@@ -9,8 +9,9 @@ raises, although the surrounding code is device-agnostic.
 
 :func:`apply_cpu_patches` installs the smallest set of fixes for those calls.
 It does nothing when CUDA is available, so importing megatron_salt on a GPU node
-never changes Megatron-Core's behaviour there. Every patch is listed in
-``patches/README.md`` with the call it targets and when it can be dropped.
+never changes Megatron-Core's behaviour there. Each patch declares the
+Megatron-Core versions that need it (:data:`CPU_PATCHES`) and is applied only
+there; ``patches/README.md`` lists the call each targets and when to drop it.
 """
 
 from __future__ import annotations
@@ -20,14 +21,16 @@ import functools
 import logging
 import types
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+from megatron_salt.compat.versions import megatron_core_version
 
 logger = logging.getLogger(__name__)
-
-#: Megatron-Core versions the patches were written and tested against.
-TESTED_MEGATRON_CORE = ("0.16.1",)
 
 _APPLIED = False
 
@@ -38,7 +41,7 @@ def cpu_patches_needed() -> bool:
 
 
 def apply_cpu_patches() -> bool:
-    """Install the CPU patches once; return True if they are active.
+    """Install the CPU patches this Megatron-Core needs, once; return True if active.
 
     Safe to call many times and from every rank. A no-op with CUDA available.
     """
@@ -48,24 +51,23 @@ def apply_cpu_patches() -> bool:
     if not cpu_patches_needed():
         return False
 
-    import megatron.core
-
-    version = getattr(megatron.core, "__version__", "unknown")
-    if version not in TESTED_MEGATRON_CORE:
-        logger.warning(
-            "megatron-salt CPU patches were tested with megatron-core %s, found %s; "
-            "see patches/README.md",
-            ", ".join(TESTED_MEGATRON_CORE),
-            version,
-        )
-    _patch_cuda_device_queries()
-    _patch_cuda_device_literals()
-    _patch_rng_tracker()
-    _patch_cuda_tensor_assumptions()
-    _patch_distributed_optimizer_resume()
+    version = megatron_core_version()
+    applied = []
+    for patch in patches_for(version):
+        patch.apply()
+        applied.append(str(patch.number))
     _APPLIED = True
-    logger.info("megatron-salt: CPU/gloo patches for megatron-core %s active", version)
+    logger.info(
+        "megatron-salt: CPU/gloo patches %s active for megatron-core %s",
+        ",".join(applied),
+        version,
+    )
     return True
+
+
+def patches_for(version: Version) -> list[CpuPatch]:
+    """The patches a Megatron-Core version needs (patches/README.md, column "needed in")."""
+    return [patch for patch in CPU_PATCHES if version in SpecifierSet(patch.needed_in)]
 
 
 # --- 1. torch.cuda.current_device / synchronize -------------------------------
@@ -326,3 +328,55 @@ def _patch_distributed_optimizer_resume() -> None:
 
     DistributedOptimizer.sharded_state_dict = sharded_state_dict_with_state
     DistributedOptimizer.load_state_dict = load_state_dict_own_steps
+
+
+# --- 6. torch.cuda.current_stream in DDP grad sync (0.19+) --------------------
+
+
+class _HostStream:
+    """What a CUDA stream answers on the host: every wait is already satisfied."""
+
+    def wait_event(self, event: Any) -> None:
+        pass
+
+    def wait_stream(self, stream: Any) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+
+def _patch_cuda_current_stream() -> None:
+    """Make ``torch.cuda.current_stream()`` a stream whose waits are no-ops.
+
+    Targets (megatron-core 0.19.0+): ``_ParamAndGradBucketGroup.start_grad_sync``
+    asks for the current stream unconditionally, every DDP step, to wait on
+    CUDA-graph replay events that a CPU run never records.
+    Why global: without a CUDA device the original always raises; host
+    execution is already ordered, so a stream whose waits return is exact.
+    Drop when: the call moves under the CUDA-graph branch.
+    """
+    stream = _HostStream()
+    torch.cuda.current_stream = lambda device=None: stream  # type: ignore[assignment]
+
+
+# --- the registry -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CpuPatch:
+    """One runtime patch and the Megatron-Core releases that need it (PEP 440 specifier)."""
+
+    number: int
+    needed_in: str
+    apply: Callable[[], None]
+
+
+CPU_PATCHES = (
+    CpuPatch(1, ">=0.16.1", _patch_cuda_device_queries),
+    CpuPatch(2, ">=0.16.1", _patch_cuda_device_literals),
+    CpuPatch(3, ">=0.16.1", _patch_rng_tracker),
+    CpuPatch(4, ">=0.16.1", _patch_cuda_tensor_assumptions),
+    CpuPatch(5, ">=0.16.1", _patch_distributed_optimizer_resume),
+    CpuPatch(6, ">=0.19.0", _patch_cuda_current_stream),
+)

@@ -80,9 +80,9 @@ class PreprocessConfig:
 
 def _indexed_dataset():
     """Megatron-Core's indexed_dataset module, imported without its TE/apex warnings."""
-    from megatron_salt.compat import quiet_optional_backend_warnings
+    from megatron_salt.compat import filter_upstream_noise
 
-    quiet_optional_backend_warnings()
+    filter_upstream_noise()
     from megatron.core.datasets import indexed_dataset
 
     return indexed_dataset

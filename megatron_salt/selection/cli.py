@@ -55,10 +55,11 @@ def init_distributed_from_env(tensor_model_parallel_size: int = 1) -> None:
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-    from megatron_salt.compat import apply_cpu_patches, quiet_upstream_warnings
+    from megatron_salt.compat import apply_cpu_patches, filter_upstream_noise, warn_if_untested
 
-    quiet_upstream_warnings()
+    filter_upstream_noise()
     apply_cpu_patches()
+    warn_if_untested()
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29511")

@@ -30,6 +30,7 @@ from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
+from megatron_salt.compat.versions import write_legacy_common_state
 from megatron_salt.config import ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -160,6 +161,7 @@ def save_checkpoint(
     dist_checkpointing.save(state, str(partial))
 
     if rank == 0:
+        write_legacy_common_state(partial)
         model_cfg.save(partial)
         (partial / RUN_ARGS_FILE).write_text(
             json.dumps(run_args, indent=2, sort_keys=True, default=str)

@@ -25,7 +25,8 @@ import torch.distributed as dist
 from megatron_salt.compat import (
     apply_cpu_patches,
     describe_backends,
-    quiet_upstream_warnings,
+    filter_upstream_noise,
+    warn_if_untested,
 )
 from megatron_salt.training.arguments import FlagError, parse_args
 
@@ -41,7 +42,7 @@ def _setup_logging(rank: int) -> None:
         stream=sys.stdout,
         force=True,
     )
-    quiet_upstream_warnings()
+    filter_upstream_noise()
     for noisy in ("megatron.core", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -70,6 +71,7 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
 
     initialize_distributed(args)
     _setup_logging(dist.get_rank())
+    warn_if_untested()
     logger.info("megatron-salt: %s", describe_backends())
     trainer = Trainer(args)
     try:
