@@ -20,8 +20,8 @@ with the results rewritten to ``DIR/gpu_check.{json,md}`` after every section:
     and of CE + KD (ours fused, ours + Megatron-Core's CE), at ``[8192 tokens, 50304]`` and
     ``[8192, 151936]``. The implementations are ``benchmarks/kd_loss.py``'s.
 ``salt_step``
-    ``pretrain_salt.py`` baseline and SALT runs, one rank over NCCL, bf16, a 350M student
-    and a 125M teacher at sequence 2048, interleaved (A B A B). The teacher checkpoint is
+    ``pretrain_salt.py`` baseline and SALT runs, one rank over NCCL, bf16, a 354M student
+    and a 124M teacher at sequence 2048, interleaved (A B A B). The teacher checkpoint is
     written by a one-step ``pretrain_salt.py`` run (random weights: quality does not change
     its cost). Data are uniform random token ids in real ``.bin/.idx`` files with a 50257-id
     word-level tokenizer (padded to 50304). Reports the median step time, tokens/s, model
