@@ -58,6 +58,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.gpu_check_report import render_markdown, write_report  # noqa: E402
+
 SECTIONS = ("kd_loss_accuracy", "kd_loss_benchmark", "salt_step", "fp8")
 KD_IMPLS = ("naive", "ours", "modelopt")
 CE_KD_IMPLS = ("ours-kd+megatron-ce", "ours-fused")
@@ -212,11 +214,12 @@ def machine_info() -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
+        nccl = torch.cuda.nccl.version()  # a tuple in recent torch, an int in old ones
         info.update(
             device=torch.cuda.get_device_name(0),
             gpu_memory_gib=round(props.total_memory / 2**30, 1),
             cuda=torch.version.cuda,
-            nccl=".".join(map(str, torch.cuda.nccl.version())),
+            nccl=".".join(map(str, nccl)) if isinstance(nccl, tuple) else str(nccl),
         )
     return info
 
@@ -468,16 +471,18 @@ def section_benchmark(plan: Plan, clock: Clock, reserve_s: float) -> dict[str, A
             )
             student.requires_grad_()
             for impl in impls:
+                reference = "naive" if impl in KD_IMPLS else CE_KD_IMPLS[0]
                 case = {"vocab": vocab, "dtype": dtype_name, "tokens": plan.bench_tokens,
-                        "impl": impl}  # fmt: skip
+                        "impl": impl, "reference": reference}  # fmt: skip
                 if clock.remaining() < reserve_s:
                     case.update(status="skipped", reason="time budget (kept for salt_step)")
                 else:
                     try:
                         case.update(status="ok", **measure_impl(
                             loss_fn(impl, 1), student, teacher, labels, plan))  # fmt: skip
-                    except torch.cuda.OutOfMemoryError as err:
-                        case.update(status="error", error=f"OutOfMemoryError: {err}"[:300])
+                    except Exception as err:  # noqa: BLE001 - e.g. out of memory: next case
+                        case.update(status="error", error=f"{type(err).__name__}: {err}"[:300])
+                    student.grad = None
                     clock.log(f"kd_loss_benchmark: {_case_line(case)}")
                 cases.append(case)
                 gc.collect()
@@ -712,6 +717,10 @@ def section_salt_step(plan: Plan, clock: Clock, steps: StepRuns, peak, peak_sour
     except Skipped as why:
         result["note"] = f"stopped early: {why}"
         clock.log(f"salt_step: {why}")
+    except RuntimeError as err:  # a failed run: keep the runs that finished
+        if not result["runs"]:
+            raise
+        result.update(status="partial", note=f"stopped by an error: {err}")
     if not result["runs"]:
         raise Skipped(result.get("note", "no run finished"))
     result.update(summarize_runs(result["runs"], steps, peak))
@@ -736,148 +745,6 @@ def _text(value) -> str:
     if value is None:
         return ""
     return value.decode(errors="replace") if isinstance(value, bytes) else value
-
-
-# ----------------------------------------------------------------------------- report
-
-
-def _fmt(value, spec: str = ".3g", missing: str = "n/a") -> str:
-    return missing if value is None else format(value, spec)
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    m = report["machine"]
-    gpu = f" ({m['gpu_memory_gib']} GiB), CUDA {m['cuda']}, NCCL {m['nccl']}" if "cuda" in m else ""
-    dry = " (DRY RUN: tiny sizes on CPU)" if report["dry_run"] else ""
-    lines = [
-        "# GPU check",
-        "",
-        f"Written by `benchmarks/gpu_check.py`{dry}.",
-        "",
-        f"- Command: `{report['command']}`",
-        f"- Machine: {m['device']}{gpu}; torch {m['torch']}, megatron-core {m['megatron_core']}, "
-        f"Python {m['python']}, {m['cpu_count']} CPUs; Transformer Engine: "
-        f"{m['transformer_engine']}, apex: {m['apex']}",
-        f"- Date: {report['date']}; took {report['elapsed_s']:.0f} s of a "
-        f"{report['budget_s']:.0f} s budget",
-        "",
-    ]
-    sections = report["sections"]
-    for name in SECTIONS:
-        if name not in sections:
-            continue
-        sec = sections[name]
-        lines.append(f"## {name}: {sec['status']}")
-        lines.append("")
-        if sec["status"] in ("error", "skipped"):
-            lines += [f"{sec.get('reason') or sec.get('error')}", ""]
-            continue
-        lines += {"kd_loss_accuracy": _md_accuracy, "kd_loss_benchmark": _md_benchmark,
-                  "salt_step": _md_steps, "fp8": _md_steps}[name](sec)  # fmt: skip
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _md_accuracy(sec) -> list[str]:
-    tol = sec["tolerances"]
-    lines = [
-        "Ours vs a float64 reference, relative norm error `||ours - ref|| / ||ref||` of the "
-        "per-token losses and of the student gradient (weighted random upstream gradients; "
-        f"last {PADDING} columns are padding holding garbage). Tolerance: loss "
-        f"{tol['loss_rel']['fp32']:g}; gradient {tol['grad_rel']['fp32']:g} (fp32), "
-        f"{tol['grad_rel']['bf16']:g} (bf16, one rounding of the output). "
-        f"**All passed: {sec['passed']}.**",
-        "",
-        "| loss | dtype | V | T | top-k | loss rel err | grad rel err | pass |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
-    ]
-    for c in sec["checks"]:
-        lines.append(
-            f"| {c['loss']} | {c['dtype']} | {c['vocab']} | {c['temperature']:g} | "
-            f"{c['top_k'] or 'full'} | {c['loss_rel_err']:.2e} | {c['grad_rel_err']:.2e} | "
-            f"{'yes' if c['passed'] else '**NO**'} |"
-        )
-    return lines
-
-
-def _md_benchmark(sec) -> list[str]:
-    lines = [
-        "Forward + backward, one process, median of the timed iterations after warm-up (CUDA "
-        "events); peak extra memory is `max_memory_allocated` above the inputs (student "
-        "gradient included). KD rows are compared with `naive` (fp32 `log_softmax` of both + "
-        "`kl_div`), CE + KD rows with `ours-kd+megatron-ce`.",
-        "",
-        f"- ModelOpt `LogitsKLLoss`: {sec['modelopt'] if sec['modelopt_measured'] else 'not measured, ' + sec['modelopt']}",  # noqa: E501
-        "",
-        "| tokens | V | dtype | impl | ms (median) | speed vs ref | peak extra MiB | memory vs ref | loss sum |",  # noqa: E501
-        "|---:|---:|---|---|---:|---:|---:|---:|---:|",
-    ]
-    index = {(c["vocab"], c["dtype"], c["impl"]): c for c in sec["cases"]}
-    for c in sec["cases"]:
-        head = f"| {c['tokens']} | {c['vocab']} | {c['dtype']} | {c['impl']} |"
-        if c["status"] != "ok":
-            lines.append(f"{head} {c['status']}: {c.get('reason') or c.get('error')} | | | | |")
-            continue
-        ref_impl = "naive" if c["impl"] in KD_IMPLS else CE_KD_IMPLS[0]
-        ref = index.get((c["vocab"], c["dtype"], ref_impl), {})
-        speed = mem = ""
-        if ref.get("status") == "ok":
-            speed = f"{ref['median_ms'] / c['median_ms']:.2f}x"
-            mem = f"{c['peak_extra_mib'] / max(ref['peak_extra_mib'], 1e-9):.2f}x"
-        lines.append(
-            f"{head} {c['median_ms']:.3g} | {speed} | {c['peak_extra_mib']:.0f} | {mem} | "
-            f"{c['loss_sum']:.7g} |"
-        )
-    return lines
-
-
-def _md_steps(sec) -> list[str]:
-    lines = []
-    cfg = sec.get("config")
-    if cfg:
-        lines += [
-            f"`pretrain_salt.py`, one rank over {cfg['backend']}, {cfg['precision']}: student "
-            f"`{cfg['student']}` ({cfg['student_params'] / 1e6:.3g}M), teacher "
-            f"`{cfg['teacher']}` ({cfg['teacher_params'] / 1e6:.3g}M), vocab {cfg['vocab']}, "
-            f"sequence {cfg['seq_length']}, micro-batch {cfg['micro_batch']}, global batch "
-            f"{cfg['global_batch']} ({cfg['tokens_per_step']} tokens/step), {cfg['train_iters']} "
-            f"steps per run logged every {cfg['log_interval']}, first interval dropped; "
-            f"SALT: `--kd-alpha 0.5`, full vocabulary, T=1. Peak for MFU: "
-            f"{_fmt(cfg['peak_tflops'], 'g')} TFLOP/s ({cfg['peak_source']}). MFU counts the "
-            "model FLOPs done (student forward + backward, plus the teacher forward in SALT).",
-            "",
-        ]
-    if sec.get("note"):
-        lines += [f"Note: {sec['note']}", ""]
-    lines += [
-        "| run | step ms (median) | tokens/s | model TFLOP/s | MFU | ms at peak | teacher share | intervals |",  # noqa: E501
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for mode, r in sec["modes"].items():
-        lines.append(
-            f"| {mode} | {r['step_ms']:.4g} | {r['tokens_per_s']:.4g} | "
-            f"{r['achieved_tflops']:.3g} | {_fmt(r['mfu'], '.1%')} | "
-            f"{_fmt(r['ideal_step_ms_at_peak'], '.4g')} | {_fmt(r['teacher_share'], '.1%')} | "
-            f"{r['intervals']} |"
-        )
-    for name, p in sec["pairs"].items():
-        lines += [
-            "",
-            f"- {name}: SALT / baseline step time {p['salt_over_baseline']:.3f}; FLOP-ideal "
-            f"{p['flop_ideal']:.3f}; **measured / ideal {p['measured_over_ideal']:.3f}**",
-        ]
-    return lines
-
-
-def write_report(out: Path, report: dict[str, Any]) -> None:
-    """Both files, each through a temporary name: a kill never leaves half a file."""
-    for name, text in (
-        ("gpu_check.json", json.dumps(report, indent=1, default=str) + "\n"),
-        ("gpu_check.md", render_markdown(report) + "\n"),
-    ):
-        tmp = out / (name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(out / name)
 
 
 # ----------------------------------------------------------------------------- main
@@ -1000,7 +867,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     print(render_markdown(report), flush=True)
     clock.log(f"wrote {out / 'gpu_check.md'} and {out / 'gpu_check.json'}")
-    bad = [n for n, s in report["sections"].items() if s["status"] in ("error", "failed")]
+    bad = [n for n, s in report["sections"].items() if s["status"] not in ("ok", "skipped")]
     return 1 if bad else 0
 
 
