@@ -58,7 +58,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.gpu_check_report import render_markdown, write_report  # noqa: E402
+from benchmarks.gpu_check_report import (  # noqa: E402
+    render_markdown,
+    render_summary,
+    write_report,
+)
 
 SECTIONS = ("kd_loss_accuracy", "kd_loss_benchmark", "salt_step", "fp8")
 KD_IMPLS = ("naive", "ours", "modelopt")
@@ -496,6 +500,10 @@ def section_benchmark(plan: Plan, clock: Clock, reserve_s: float) -> dict[str, A
         "status": "ok",
         "modelopt": modelopt_missing or _modelopt_version(),
         "modelopt_measured": modelopt_missing is None,
+        "timer": "CUDA events" if torch.cuda.is_available() else "time.perf_counter",
+        "memory": "torch.cuda.max_memory_allocated"
+        if torch.cuda.is_available()
+        else "the process's peak RSS (VmHWM)",
         "cases": cases,
     }
 
@@ -865,8 +873,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
-    print(render_markdown(report), flush=True)
     clock.log(f"wrote {out / 'gpu_check.md'} and {out / 'gpu_check.json'}")
+    # The report, then its summary table last: a device call returns only the output's tail.
+    print(render_markdown(report), "", "## Summary", "", *render_summary(report), sep="\n")
     bad = [n for n, s in report["sections"].items() if s["status"] not in ("ok", "skipped")]
     return 1 if bad else 0
 

@@ -34,6 +34,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     sections = report["sections"]
+    lines += ["## Summary", "", *render_summary(report), ""]
     for name, sec in sections.items():
         lines.append(f"## {name}: {sec['status']}")
         lines.append("")
@@ -48,6 +49,88 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"(not rendered: {type(err).__name__}: {err}; see gpu_check.json)")
         lines.append("")
     return "\n".join(lines)
+
+
+def render_summary(report: dict[str, Any]) -> list[str]:
+    """One short table of the headline numbers (the script also prints it last)."""
+    rows = []
+    for name, sec in report["sections"].items():
+        if sec["status"] in ("error", "skipped"):
+            why = (sec.get("reason") or sec.get("error") or "").splitlines()[0][:160]
+            rows.append((name, f"{sec['status']}: {why}"))
+            continue
+        try:
+            rows += _SUMMARIES[name](sec)
+        except Exception as err:  # noqa: BLE001
+            rows.append((name, f"(not summarised: {type(err).__name__}: {err})"))
+    return ["| check | result |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+
+
+def _summary_accuracy(sec) -> list[tuple[str, str]]:
+    checks = sec["checks"]
+    worst = {
+        dtype: (
+            max(c["loss_rel_err"] for c in checks if c["dtype"] == dtype),
+            max(c["grad_rel_err"] for c in checks if c["dtype"] == dtype),
+        )
+        for dtype in dict.fromkeys(c["dtype"] for c in checks)
+    }
+    detail = "; ".join(f"{d}: loss {lo:.1e}, grad {g:.1e}" for d, (lo, g) in worst.items())
+    failed = sum(not c["passed"] for c in checks)
+    verdict = "all passed" if not failed else f"**{failed} FAILED**"
+    return [(f"KD / CE+KD loss vs float64 ({len(checks)} checks)", f"{verdict}; worst {detail}")]
+
+
+def _summary_benchmark(sec) -> list[tuple[str, str]]:
+    index = {(c["vocab"], c["dtype"], c["impl"]): c for c in sec["cases"]}
+    rows = []
+    for vocab, dtype in dict.fromkeys((c["vocab"], c["dtype"]) for c in sec["cases"]):
+        parts = []
+        for impl in ("ours", "modelopt", "ours-fused"):
+            case = index.get((vocab, dtype, impl))
+            if case is None or case["status"] != "ok":
+                continue
+            ref = index.get((vocab, dtype, case["reference"]), {})
+            if ref.get("status") != "ok":
+                continue
+            memory = case["peak_extra_mib"] / max(ref["peak_extra_mib"], 1e-9)
+            speed = ref["median_ms"] / case["median_ms"]
+            parts.append(f"{impl} {memory:.2f}x memory, {speed:.2f}x speed vs {case['reference']}")
+        tokens = sec["cases"][0]["tokens"]
+        rows.append((f"loss [{tokens}, {vocab}] {dtype}", "; ".join(parts) or "no numbers"))
+    return rows
+
+
+def _summary_steps(sec) -> list[tuple[str, str]]:
+    rows = []
+    for mode, r in sec["modes"].items():
+        share = "" if r["teacher_share"] is None else f", teacher {r['teacher_share']:.1%}"
+        rows.append(
+            (
+                f"{mode} step",
+                f"{r['step_ms']:.4g} ms, {r['tokens_per_s']:.4g} tokens/s, "
+                f"{r['achieved_tflops']:.3g} TFLOP/s, MFU {_fmt(r['mfu'], '.1%')}{share}",
+            )
+        )
+    for name, p in sec["pairs"].items():
+        rows.append(
+            (
+                f"SALT / baseline ({name})",
+                f"{p['salt_over_baseline']:.3f} vs FLOP-ideal {p['flop_ideal']:.3f}: "
+                f"**{p['measured_over_ideal']:.3f}x of ideal**",
+            )
+        )
+    if sec.get("note"):
+        rows.append(("note", sec["note"][:200]))
+    return rows
+
+
+_SUMMARIES = {
+    "kd_loss_accuracy": _summary_accuracy,
+    "kd_loss_benchmark": _summary_benchmark,
+    "salt_step": _summary_steps,
+    "fp8": _summary_steps,
+}
 
 
 def _md_accuracy(sec) -> list[str]:
@@ -75,10 +158,11 @@ def _md_accuracy(sec) -> list[str]:
 
 def _md_benchmark(sec) -> list[str]:
     lines = [
-        "Forward + backward, one process, median of the timed iterations after warm-up (CUDA "
-        "events); peak extra memory is `max_memory_allocated` above the inputs (student "
-        "gradient included). KD rows are compared with `naive` (fp32 `log_softmax` of both + "
-        "`kl_div`), CE + KD rows with `ours-kd+megatron-ce`.",
+        "Forward + backward, one process, median of the timed iterations after warm-up "
+        f"({sec['timer']}); peak extra memory is {sec['memory']} above the inputs (student "
+        "gradient included), reset before each implementation. KD rows are compared with "
+        "`naive` (fp32 `log_softmax` of both + `kl_div`), CE + KD rows with "
+        "`ours-kd+megatron-ce`.",
         "",
         f"- ModelOpt `LogitsKLLoss`: {sec['modelopt'] if sec['modelopt_measured'] else 'not measured, ' + sec['modelopt']}",  # noqa: E501
         "",

@@ -90,6 +90,10 @@ def test_dry_run_writes_a_report_with_every_number(tmp_path):
 
     markdown = (out / "gpu_check.md").read_text()
     for text in (
+        "| KD / CE+KD loss vs float64 (8 checks) | all passed;",
+        "| loss [64, 300] bf16 | ours ",
+        "| SALT / baseline (bf16) |",
+        "| fp8 | skipped: Transformer Engine does not import here",
         "## kd_loss_accuracy: ok",
         "**All passed: True.**",
         "| 64 | 300 | bf16 | ours-fused |",
@@ -99,6 +103,11 @@ def test_dry_run_writes_a_report_with_every_number(tmp_path):
         "## fp8: skipped",
     ):
         assert text in markdown
+    # the summary table is printed last (a device call returns only the output's tail)
+    start = markdown.index("## Summary")
+    table = markdown[start : markdown.index("\n\n## ", start)].split("\n", 2)[2].strip()
+    assert table.startswith("| check | result |")
+    assert done.stdout.rstrip().endswith(table)
 
 
 def _with_gradient_scaled(factor):
