@@ -366,6 +366,7 @@ def check_accuracy(
 
 
 def section_accuracy(plan: Plan, clock: Clock) -> dict[str, Any]:
+    """Both losses x dtypes x (T, top-k) cases x vocab sizes against float64."""
     checks = []
     seed = 100
     for vocab in plan.vocabs:
@@ -454,6 +455,7 @@ def measure_impl(fn, student, teacher, labels, plan: Plan) -> dict[str, Any]:
 
 
 def section_benchmark(plan: Plan, clock: Clock, reserve_s: float) -> dict[str, Any]:
+    """Every implementation on the same inputs per (V, dtype); ``reserve_s`` is left over."""
     import gc
 
     import torch
@@ -698,6 +700,7 @@ def summarize_runs(runs: list[dict], steps: StepRuns, peak: float | None) -> dic
 
 
 def section_salt_step(plan: Plan, clock: Clock, steps: StepRuns, peak, peak_source):
+    """Baseline and SALT ``pretrain_salt.py`` runs, A B A B while the budget allows."""
     config = {
         "student": " ".join(plan.student),
         "teacher": " ".join(plan.teacher),
@@ -736,12 +739,13 @@ def section_salt_step(plan: Plan, clock: Clock, steps: StepRuns, peak, peak_sour
 
 
 def section_fp8(plan: Plan, clock: Clock, get_steps, peak) -> dict[str, Any]:
+    """FP8 needs Transformer Engine: one baseline and one SALT run with it, else a skip."""
     from megatron_salt.compat import have_transformer_engine
 
     if not have_transformer_engine():
         raise Skipped(
-            "Transformer Engine does not import here, so FP8 is not measured "
-            "(its wheels exceed what the device tool carries)"
+            "Transformer Engine does not import here, so FP8 is not measured (on the device "
+            "tool's machine it cannot be installed: its wheels exceed what a call carries)"
         )
     steps = get_steps()
     fp8 = ("--fp8-format", "hybrid")
