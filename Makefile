@@ -23,7 +23,7 @@ VENV_NEWEST ?= .venv-newest
 DEMO_DIR ?= demo_out
 WORKERS ?= 2
 
-.PHONY: install test test-newest demo lint clean-demo bench
+.PHONY: install test test-newest demo lint clean-demo bench gpu-wheels
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -80,3 +80,33 @@ bench: $(DATA_PREFIX)_text_document.idx
 	$(PY) benchmarks/preprocess.py
 	$(PY) benchmarks/kd_loss.py
 	$(PY) benchmarks/kd_step.py --data-prefix $(DATA_PREFIX)_text_document --tokenizer-model $(TOKENIZER)
+
+# --- GPU check (benchmarks/gpu_check.py; BENCHMARKS.md, "GPU check") ---------------
+# The device machine runs Python 3.12 with torch but no megatron-core and no network: the
+# wheels it lacks go into the gitignored .whl/ that the device tool carries (the working
+# tree and carried paths together must stay under 64 MiB). ModelOpt and its needs are
+# there only for the LogitsKLLoss comparison: GPU_WHEELS=megatron-core==0.16.1 drops them.
+GPU_WHEEL_DIR ?= .whl
+GPU_WHEELS ?= megatron-core==0.16.1 nvidia-modelopt==0.47.0 omegaconf==2.4.0 pulp==3.3.2 \
+	pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+	typing-extensions==4.16.0
+GPU_CARRY_LIMIT_MIB ?= 64
+GPU_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 \
+	manylinux_2_17_x86_64 manylinux2014_x86_64
+
+gpu-wheels: $(STAMP)
+	rm -rf $(GPU_WHEEL_DIR).tmp
+	$(PY) -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+		--python-version 3.12 --implementation cp $(addprefix --platform ,$(GPU_PLATFORMS)) \
+		-d $(GPU_WHEEL_DIR).tmp $(GPU_WHEELS)
+	@tree=$$(git ls-files -co --exclude-standard -z -- . ':!$(GPU_WHEEL_DIR).tmp' \
+		| xargs -0 -r stat -c %s 2>/dev/null | awk '{s += $$1} END {print s + 0}'); \
+	whl=$$(cat $(GPU_WHEEL_DIR).tmp/*.whl | wc -c); total=$$((tree + whl)); \
+	echo "gpu-wheels: $$(ls $(GPU_WHEEL_DIR).tmp | wc -l) wheels, $$((whl >> 20)) MiB; with" \
+		"the working tree $$((total >> 20)) MiB of the $(GPU_CARRY_LIMIT_MIB) MiB a device call carries"; \
+	if [ $$total -gt $$(($(GPU_CARRY_LIMIT_MIB) << 20)) ]; then \
+		rm -rf $(GPU_WHEEL_DIR).tmp; \
+		echo "gpu-wheels: over $(GPU_CARRY_LIMIT_MIB) MiB; set GPU_WHEELS=megatron-core==0.16.1"; \
+		exit 1; fi
+	rm -rf $(GPU_WHEEL_DIR) && mv $(GPU_WHEEL_DIR).tmp $(GPU_WHEEL_DIR)
+	@echo "gpu-wheels: $(GPU_WHEEL_DIR)/ ready (gitignored: $$(git check-ignore -q $(GPU_WHEEL_DIR)/x && echo yes || echo NO))"

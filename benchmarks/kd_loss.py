@@ -73,7 +73,7 @@ def _proc_status_kib(field: str) -> int:
         return int(re.search(rf"{field}:\s+(\d+)", status.read()).group(1))
 
 
-class _CpuMemory:
+class CpuMemory:
     """Peak RSS above a baseline, per process (Linux)."""
 
     def start(self) -> None:
@@ -89,7 +89,7 @@ class _CpuMemory:
         return _proc_status_kib("VmHWM") * 1024 - self.baseline
 
 
-class _CudaMemory:
+class CudaMemory:
     def start(self) -> None:
         import torch
 
@@ -124,7 +124,7 @@ def _make_inputs(tokens, v_local, dtype, device, seed, vocab):
     return student.requires_grad_(), teacher, labels.to(device)
 
 
-def _loss_fn(impl: str, tp: int):
+def loss_fn(impl: str, tp: int):
     """Return ``f(student, teacher, labels) -> (loss to backprop [s, b], full per-token loss)``."""
     import torch
     import torch.nn.functional as F
@@ -210,11 +210,11 @@ def _measure(impl, vocab, dtype_name, tp, tokens, repeats, device):
             dist.init_process_group("gloo", store=store, rank=0, world_size=1)
         parallel_state.initialize_model_parallel(tp, 1)
         rank = parallel_state.get_tensor_model_parallel_rank()
-    fn = _loss_fn(impl, tp)
+    fn = loss_fn(impl, tp)
     student, teacher, labels = _make_inputs(
         tokens, vocab // tp, dtype, device, seed=1234 + rank, vocab=vocab
     )
-    memory = _CudaMemory() if device == "cuda" else _CpuMemory()
+    memory = CudaMemory() if device == "cuda" else CpuMemory()
 
     def sync():
         if device == "cuda":

@@ -11,7 +11,7 @@ from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megatron_salt.compat import have_transformer_engine
+from megatron_salt.compat import have_fused_softmax_kernels, have_transformer_engine
 from megatron_salt.config import ModelConfig, ParallelConfig, PrecisionConfig
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,8 @@ def transformer_config(
         use_cpu_initialization=not on_gpu,
         # Fusions that need CUDA kernels (apex / TE) stay off on CPU.
         bias_activation_fusion=on_gpu and not model_cfg.swiglu,
-        masked_softmax_fusion=on_gpu,
+        # apex's CUDA softmax kernels: Megatron's local attention imports them when this is on.
+        masked_softmax_fusion=on_gpu and have_fused_softmax_kernels(),
         bias_dropout_fusion=on_gpu,
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,

@@ -244,3 +244,22 @@ def test_cpu_patches_are_a_no_op_with_cuda(monkeypatch):
     monkeypatch.setattr(cpu, "_APPLIED", False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert cpu.apply_cpu_patches() is False
+
+
+@pytest.mark.parametrize("kernels", [False, True])
+def test_gpu_softmax_fusion_only_with_apex_kernels(monkeypatch, kernels):
+    """On a GPU without apex, Megatron-Core's local attention would import apex's softmax
+    kernels for bf16 scores and fail; the config keeps that fusion off there."""
+    from megatron_salt import model
+    from megatron_salt.config import ModelConfig, ParallelConfig, PrecisionConfig
+
+    monkeypatch.setattr(model.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(model, "have_fused_softmax_kernels", lambda: kernels)
+    cfg = model.transformer_config(
+        ModelConfig(num_layers=2, hidden_size=64, num_attention_heads=4, seq_length=32,
+                    vocab_size=100),
+        ParallelConfig(),
+        PrecisionConfig(bf16=True),
+    )  # fmt: skip
+    assert cfg.masked_softmax_fusion is kernels
+    assert cfg.bias_dropout_fusion  # the torch-only fusions stay on

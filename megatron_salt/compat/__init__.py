@@ -4,6 +4,7 @@ from megatron_salt.compat.backends import (
     current_device,
     describe_backends,
     have_apex,
+    have_fused_softmax_kernels,
     have_transformer_engine,
 )
 from megatron_salt.compat.cpu import apply_cpu_patches, cpu_patches_needed
@@ -16,6 +17,7 @@ __all__ = [
     "cpu_patches_needed",
     "describe_backends",
     "have_apex",
+    "have_fused_softmax_kernels",
     "have_transformer_engine",
     "filter_upstream_noise",
     "warn_if_untested",

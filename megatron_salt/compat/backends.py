@@ -35,6 +35,23 @@ def have_apex() -> bool:
     return True
 
 
+@functools.cache
+def have_fused_softmax_kernels() -> bool:
+    """True when the CUDA extensions behind Megatron-Core's ``FusedScaleMaskSoftmax`` import.
+
+    They are built by apex (``--cuda_ext``), not shipped with megatron-core or torch. With
+    ``masked_softmax_fusion`` on and fp16/bf16 attention scores, the local layer spec's
+    attention imports them unconditionally, so without them it must stay off (Megatron then
+    uses torch's softmax).
+    """
+    try:
+        for name in ("scaled_masked_softmax_cuda", "scaled_upper_triang_masked_softmax_cuda"):
+            importlib.import_module(name)
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
 def describe_backends() -> str:
     """One line for the logs: device, layer implementation, FP8 availability."""
     device = f"cuda ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "cpu (gloo)"
