@@ -22,11 +22,31 @@ sees exactly the micro-batches its student replica sees.
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
 
 import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.process_groups_config import ProcessGroupCollection
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def single_process_rendezvous() -> None:
+    """Without torchrun, a one-process group needs an address: any free local port.
+
+    A fixed default port makes two single-process jobs on one machine (tests, a
+    scoring job beside a demo) collide; torchrun's own settings are kept.
+    """
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        os.environ["MASTER_PORT"] = str(free_port())
 
 
 class UnsupportedTeacherLayout(ValueError):

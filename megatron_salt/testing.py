@@ -11,7 +11,6 @@ import functools
 import os
 import pickle
 import queue
-import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -21,6 +20,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from megatron_salt.parallel import free_port
 
 
 class RankFailed(RuntimeError):
@@ -38,12 +39,6 @@ def _share_checkpoint_writer_queue() -> None:
     from megatron_salt.compat.versions import checkpoint_write_results_queue
 
     checkpoint_write_results_queue()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _rank_main(

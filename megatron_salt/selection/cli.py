@@ -56,13 +56,13 @@ def init_distributed_from_env(tensor_model_parallel_size: int = 1) -> None:
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
     from megatron_salt.compat import apply_cpu_patches, filter_upstream_noise, warn_if_untested
+    from megatron_salt.parallel import single_process_rendezvous
 
     filter_upstream_noise()
     apply_cpu_patches()
     warn_if_untested()
     if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29511")
+        single_process_rendezvous()
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(

@@ -28,6 +28,7 @@ from megatron_salt.compat import (
     filter_upstream_noise,
     warn_if_untested,
 )
+from megatron_salt.parallel import single_process_rendezvous
 from megatron_salt.training.arguments import FlagError, parse_args
 
 logger = logging.getLogger("megatron_salt")
@@ -55,8 +56,7 @@ def initialize_distributed(args: argparse.Namespace) -> None:
     backend = args.distributed_backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29500")
+    single_process_rendezvous()
     dist.init_process_group(
         backend,
         rank=int(os.environ.get("RANK", "0")),
