@@ -86,6 +86,7 @@ def score(
     bf16: bool = False,
     chunk_documents: int = 512,
     log=print,
+    verify: bool = True,
 ) -> None:
     """Score each prefix with the SLM (collective; distributed must be initialised)."""
     from megatron_salt.config import PrecisionConfig
@@ -98,6 +99,7 @@ def score(
         seq_length=seq_length,
         micro_batch_size=micro_batch_size,
         precision=PrecisionConfig(bf16=bf16),
+        verify=verify,
     )
     for prefix in prefixes:
         score_prefix(scorer, prefix, chunk_documents=chunk_documents, log=log)
@@ -117,6 +119,11 @@ def score_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tensor-model-parallel-size", type=int, default=1)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument(
+        "--no-ckpt-verify",
+        action="store_true",
+        help="skip checking --load against its manifest.json (the log says so)",
+    )
+    parser.add_argument(
         "--chunk-documents",
         type=int,
         default=512,
@@ -131,7 +138,7 @@ def score_main(argv: Sequence[str] | None = None) -> int:
 
     import torch.distributed as dist
 
-    from megatron_salt.training.checkpointing import CheckpointError
+    from megatron_salt.checkpoint_dir import CheckpointError
 
     init_distributed_from_env(args.tensor_model_parallel_size)
     rank = dist.get_rank()
@@ -145,9 +152,14 @@ def score_main(argv: Sequence[str] | None = None) -> int:
             seq_length=args.score_seq_length,
             bf16=args.bf16,
             chunk_documents=args.chunk_documents,
+            verify=not args.no_ckpt_verify,
             log=(lambda m: print(f"{prog}: {m}", flush=True)) if rank == 0 else (lambda m: None),
         )
     except (CheckpointError, FileNotFoundError, ValueError) as err:
+        if os.environ.get("SALT_DEBUG", "0") not in ("", "0"):
+            import traceback
+
+            traceback.print_exc()
         return _fail(prog, f"--load {args.load}: {err}")
     finally:
         dist.destroy_process_group()

@@ -31,11 +31,11 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from megatron_salt.checkpoint_dir import load_model_config, open_checkpoint
 from megatron_salt.compat import current_device
-from megatron_salt.config import ModelConfig, ParallelConfig, PrecisionConfig
+from megatron_salt.config import ParallelConfig, PrecisionConfig
 from megatron_salt.selection.sidecar import ScoreHeader, idx_fingerprint, write_scores
 from megatron_salt.teacher import load_frozen_gpt
-from megatron_salt.training.checkpointing import resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -64,13 +64,14 @@ class SLMScorer:
         seq_length: int | None = None,
         micro_batch_size: int = 8,
         precision: PrecisionConfig | None = None,
+        verify: bool = True,
     ) -> None:
         if statistic not in STATISTICS:
             raise ValueError(f"--score-statistic must be one of {STATISTICS}, got {statistic!r}")
         if top_k < 1:
             raise ValueError("--score-top-k must be >= 1")
-        self.ckpt_dir = resolve_checkpoint(checkpoint)
-        self.model_cfg = ModelConfig.load(self.ckpt_dir)
+        self.ckpt_dir = open_checkpoint(checkpoint, verify=verify, log=logger.warning).path
+        self.model_cfg = load_model_config(self.ckpt_dir)
         self.top_k = top_k
         self.statistic = statistic
         self.seq_length = seq_length or self.model_cfg.seq_length

@@ -118,6 +118,18 @@ def build_parser(prog: str = "pretrain_salt.py") -> argparse.ArgumentParser:
         help="on SIGTERM, finish the step, save a checkpoint (with --save) and exit",
     )
     ckpt.add_argument(
+        "--no-ckpt-verify",
+        action="store_true",
+        help="skip checking --load and --kd-teacher-load against their manifest.json (each "
+        "file's size and blake2b; the log says it was skipped)",
+    )
+    ckpt.add_argument(
+        "--ckpt-load-fallback",
+        action="store_true",
+        help="if the latest checkpoint in --load is damaged, resume from the newest complete "
+        "one (the log names it); default: a damaged latest checkpoint is an error",
+    )
+    ckpt.add_argument(
         "--finetune",
         action="store_true",
         help="load only the model weights from --load; start at iteration 0 with a fresh "
@@ -125,6 +137,11 @@ def build_parser(prog: str = "pretrain_salt.py") -> argparse.ArgumentParser:
     )
 
     log = parser.add_argument_group("evaluation and logging")
+    log.add_argument(
+        "--debug",
+        action="store_true",
+        help="print the traceback of a failure, not just its one-line error (or SALT_DEBUG=1)",
+    )
     log.add_argument("--eval-interval", type=int, default=1000)
     log.add_argument("--eval-iters", type=int, default=100)
     log.add_argument("--log-interval", type=int, default=100)

@@ -6,6 +6,7 @@ Layout (Megatron-LM's, so its tooling recognises it)::
     {save}/iter_0000100/            dist_checkpointing files
     {save}/iter_0000100/model_config.json
     {save}/iter_0000100/run_args.json
+    {save}/iter_0000100/manifest.json   every file's size and blake2b, written last
 
 A checkpoint holds the student model, the optimizer, the LR scheduler, every
 rank's RNG states, the iteration and the data position (samples consumed on
@@ -30,50 +31,23 @@ from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
+from megatron_salt.checkpoint_dir import (  # noqa: F401 - re-exported
+    TRACKER_FILE,
+    CheckpointError,
+    iteration_dir,
+    latest_iteration,
+    open_checkpoint,
+    reading_checkpoint,
+    resolve_checkpoint,
+    write_manifest,
+)
 from megatron_salt.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
-TRACKER_FILE = "latest_checkpointed_iteration.txt"
 RUN_ARGS_FILE = "run_args.json"
 # Megatron-LM's default: parallel save/load, resharding only across data-parallel sizes.
 OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, incomplete, or does not fit this run."""
-
-
-def iteration_dir(root: str | Path, iteration: int) -> Path:
-    return Path(root) / f"iter_{iteration:07d}"
-
-
-def latest_iteration(root: str | Path) -> int | None:
-    tracker = Path(root) / TRACKER_FILE
-    if not tracker.is_file():
-        return None
-    text = tracker.read_text().strip()
-    if not text.isdigit():
-        raise CheckpointError(f"{tracker}: expected an iteration number, found {text!r}")
-    return int(text)
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint root (with a tracker file) or an ``iter_N`` directory -> the iter dir."""
-    path = Path(path)
-    if (path / "model_config.json").is_file():
-        return path
-    iteration = latest_iteration(path)
-    if iteration is None:
-        raise CheckpointError(
-            f"{path}: no {TRACKER_FILE} and no model_config.json: not a checkpoint"
-        )
-    ckpt = iteration_dir(path, iteration)
-    if not ckpt.is_dir():
-        raise CheckpointError(
-            f"{path}: {TRACKER_FILE} names iteration {iteration} but {ckpt} is missing"
-        )
-    return ckpt
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -165,6 +139,8 @@ def save_checkpoint(
             json.dumps(run_args, indent=2, sort_keys=True, default=str)
         )
     dist.barrier()
+    write_manifest(partial, iteration)  # collective; the last file of the checkpoint
+    dist.barrier()
     if rank == 0:
         if final.exists():
             shutil.rmtree(final)
@@ -186,15 +162,22 @@ def load_checkpoint(
     load_optimizer: bool = True,
     load_rng: bool = True,
 ) -> dict[str, Any]:
-    """Restore everything :func:`save_checkpoint` wrote; return its ``train_state``."""
+    """Restore everything :func:`save_checkpoint` wrote; return its ``train_state``.
+
+    ``root``: a checkpoint root or ``iter_N`` directory, already checked by
+    :func:`open_checkpoint` (the caller decides about verification and fallback).
+    """
     ckpt = resolve_checkpoint(root)
-    common = dist_checkpointing.load_common_state_dict(str(ckpt))
-    train_state = common["train_state"]
-    same_layout = train_state.get("layout") == _layout()
-    state = _sharded_state(model, optimizer if load_optimizer else None, is_loading=True)
-    if load_rng and same_layout:
-        state["rng_state"] = _rng_sharded_object()
-    loaded = dist_checkpointing.load(state, str(ckpt))
+    with reading_checkpoint(ckpt):
+        common = dist_checkpointing.load_common_state_dict(str(ckpt))
+        train_state = common.get("train_state") if isinstance(common, dict) else None
+        if not isinstance(train_state, dict) or "iteration" not in train_state:
+            raise CheckpointError(f"{ckpt}: not a pretrain_salt.py checkpoint (no train_state)")
+        same_layout = train_state.get("layout") == _layout()
+        state = _sharded_state(model, optimizer if load_optimizer else None, is_loading=True)
+        if load_rng and same_layout:
+            state["rng_state"] = _rng_sharded_object()
+        loaded = dist_checkpointing.load(state, str(ckpt))
     _unwrap(model).load_state_dict(loaded["model"])
     if load_optimizer:
         # no_grad: with fp32 params the distributed optimizer's main params are views

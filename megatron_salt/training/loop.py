@@ -17,6 +17,7 @@ import datetime
 import logging
 import os
 import sys
+import traceback
 from typing import Any
 
 import torch
@@ -78,12 +79,20 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
         trainer.close()
 
 
+def debug_requested(argv: list[str] | None = None) -> bool:
+    """``--debug`` on the command line or ``SALT_DEBUG=1``: show tracebacks of failures."""
+    args = sys.argv[1:] if argv is None else argv
+    return "--debug" in args or os.environ.get("SALT_DEBUG", "0") not in ("", "0")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         pretrain(args)
     except FlagError as err:
-        print(err.code, file=sys.stderr)
+        if debug_requested(argv) and err.__context__ is not None:
+            traceback.print_exception(err.__context__)
+        print(err.code, file=sys.stderr, flush=True)
         return 2
     finally:
         if dist.is_initialized():

@@ -104,6 +104,7 @@ class Trainer:
                     pipeline_model_parallel_size=self.kd.teacher_pipeline_model_parallel_size,
                     precision=self.precision,
                     micro_batch_size=args.micro_batch_size,
+                    verify=not args.no_ckpt_verify,
                 )
             except (CheckpointError, ValueError, FileNotFoundError) as err:
                 raise FlagError(
@@ -264,8 +265,14 @@ class Trainer:
                     raise CheckpointError(f"{args.load} holds no checkpoint to finetune from")
                 logger.info("no checkpoint in %s yet: starting from scratch", args.load)
                 return None
-            state = checkpointing.load_checkpoint(
+            opened = checkpointing.open_checkpoint(
                 args.load,
+                verify=not args.no_ckpt_verify,
+                fallback=args.ckpt_load_fallback,
+                log=logger.warning,
+            )
+            state = checkpointing.load_checkpoint(
+                opened.path,
                 model=self.model,
                 optimizer=self.optimizer,
                 scheduler=self.scheduler,
