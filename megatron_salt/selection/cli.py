@@ -199,13 +199,15 @@ def _subset_names(prefix: str) -> tuple[np.ndarray, list[str]] | None:
     return (np.load(ids_path), names) if names is not None else None
 
 
-def describe_selection(prefix: str, selection_text: str | None) -> list[str]:
+def describe_selection(
+    prefix: str, selection_text: str | None, bin_check: str = "quick"
+) -> list[str]:
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     from megatron_salt.selection.rules import Selection
     from megatron_salt.selection.sidecar import load_scores
 
-    scores, header = load_scores(prefix)
+    scores, header = load_scores(prefix, bin_check=bin_check, warn=print)
     lines = [
         f"{prefix}: scored by {header.slm_checkpoint} (iteration {header.slm_iteration}), "
         f"{header.statistic} loss over positions whose label is in the SLM's top-{header.top_k}, "
@@ -267,12 +269,21 @@ def select_main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--data-path", nargs="+", required=True)
     parser.add_argument("--kd-data-selection", default=None, help="'top:F' or 'range:LO:HI'")
+    parser.add_argument(
+        "--kd-data-selection-check",
+        choices=["quick", "full"],
+        default="quick",
+        help="quick: .bin size, sampled blocks, whole-file hash if it was rewritten since "
+        "scoring; full: always hash the whole .bin",
+    )
     args = parser.parse_args(argv)
     from megatron_salt.selection.sidecar import StaleScoresError
 
     for prefix in args.data_path:
         try:
-            lines = describe_selection(prefix, args.kd_data_selection)
+            lines = describe_selection(
+                prefix, args.kd_data_selection, args.kd_data_selection_check
+            )
         except (StaleScoresError, ValueError, FileNotFoundError) as err:
             return _fail(prog, str(err))
         print("\n".join(lines))

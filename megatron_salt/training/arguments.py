@@ -174,6 +174,13 @@ def build_parser(prog: str = "pretrain_salt.py") -> argparse.ArgumentParser:
         default=None,
         help="'top:F' or 'range:LO:HI' on the SLM score quantiles of --kd-data-path",
     )
+    kd.add_argument(
+        "--kd-data-selection-check",
+        choices=["quick", "full"],
+        default="quick",
+        help="how the scores are checked against each .bin: quick (size, sampled blocks, and "
+        "the whole-file hash if the .bin was rewritten since scoring) or full (always hash it)",
+    )
     return parser
 
 
@@ -313,7 +320,7 @@ def _validate_kd_args(args: argparse.Namespace) -> None:
         Selection.parse(args.kd_data_selection)
         for prefix in _blend_prefixes(args.kd_data_path):
             try:
-                load_scores(prefix)
+                load_scores(prefix, bin_check=args.kd_data_selection_check)
             except StaleScoresError as err:
                 raise ValueError(f"--kd-data-selection: {err}") from None
 
