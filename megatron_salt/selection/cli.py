@@ -23,7 +23,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _fail(prog: str, message: str) -> int:
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    from megatron_salt.errors import report_failure
+
+    report_failure(f"{prog}: error: {message}")
     return 2
 
 
@@ -139,6 +141,7 @@ def score_main(argv: Sequence[str] | None = None) -> int:
     import torch.distributed as dist
 
     from megatron_salt.checkpoint_dir import CheckpointError
+    from megatron_salt.errors import debug_requested, peer_failed
 
     init_distributed_from_env(args.tensor_model_parallel_size)
     rank = dist.get_rank()
@@ -156,11 +159,15 @@ def score_main(argv: Sequence[str] | None = None) -> int:
             log=(lambda m: print(f"{prog}: {m}", flush=True)) if rank == 0 else (lambda m: None),
         )
     except (CheckpointError, FileNotFoundError, ValueError) as err:
-        if os.environ.get("SALT_DEBUG", "0") not in ("", "0"):
+        if debug_requested():
             import traceback
 
             traceback.print_exc()
         return _fail(prog, f"--load {args.load}: {err}")
+    except Exception as err:
+        if peer_failed(err) and not debug_requested():
+            return 1  # the rank that failed first printed why
+        raise
     finally:
         dist.destroy_process_group()
     return 0
@@ -217,6 +224,12 @@ def describe_selection(
     if selection_text is None:
         return lines
     keep = Selection.parse(selection_text).select(scores)
+    if len(keep) == 0:
+        scored = int(np.isfinite(scores).sum())
+        raise ValueError(
+            f"--kd-data-selection {selection_text} keeps no document of {prefix} "
+            f"({scored} of {len(scores)} documents have a score)"
+        )
     dataset = IndexedDataset(prefix, mmap=True)
     bounds = dataset.document_indices
     doc_tokens = (

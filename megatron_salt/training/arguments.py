@@ -318,7 +318,7 @@ def _validate_kd_args(args: argparse.Namespace) -> None:
         from megatron_salt.selection.sidecar import StaleScoresError, load_scores
 
         Selection.parse(args.kd_data_selection)
-        for prefix in _blend_prefixes(args.kd_data_path):
+        for prefix in blend_prefixes(args.kd_data_path):
             try:
                 load_scores(prefix, bin_check=args.kd_data_selection_check)
             except StaleScoresError as err:
@@ -329,7 +329,7 @@ def _check_data_prefixes(flag: str, blend: list[str]) -> None:
     """Megatron's blend list: 'P1 P2 ...' or 'W1 P1 W2 P2 ...'; every P needs .bin and .idx."""
     if len(blend) > 1 and len(blend) % 2 == 0 and not _is_weighted(blend):
         raise ValueError(f"{flag}: expected 'PREFIX' or 'WEIGHT PREFIX [WEIGHT PREFIX ...]'")
-    for prefix in _blend_prefixes(blend):
+    for prefix in blend_prefixes(blend):
         for suffix in (".bin", ".idx"):
             if not os.path.isfile(prefix + suffix):
                 raise ValueError(f"{flag}: {prefix}{suffix} does not exist")
@@ -386,7 +386,8 @@ def _is_weighted(blend: list[str]) -> bool:
     return len(blend) % 2 == 0 and all(_is_number(w) for w in blend[0::2])
 
 
-def _blend_prefixes(blend: list[str]) -> list[str]:
+def blend_prefixes(blend: list[str]) -> list[str]:
+    """The prefixes of a Megatron blend list ('P1 P2' or 'W1 P1 W2 P2')."""
     return list(blend[1::2]) if _is_weighted(blend) else list(blend)
 
 

@@ -28,6 +28,7 @@ from megatron_salt.compat import (
     describe_backends,
     quiet_upstream_warnings,
 )
+from megatron_salt.errors import debug_requested, peer_failed, report_failure
 from megatron_salt.training.arguments import FlagError, parse_args
 
 logger = logging.getLogger("megatron_salt")
@@ -79,12 +80,6 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
         trainer.close()
 
 
-def debug_requested(argv: list[str] | None = None) -> bool:
-    """``--debug`` on the command line or ``SALT_DEBUG=1``: show tracebacks of failures."""
-    args = sys.argv[1:] if argv is None else argv
-    return "--debug" in args or os.environ.get("SALT_DEBUG", "0") not in ("", "0")
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
@@ -92,8 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     except FlagError as err:
         if debug_requested(argv) and err.__context__ is not None:
             traceback.print_exception(err.__context__)
-        print(err.code, file=sys.stderr, flush=True)
+        report_failure(str(err.code))
         return 2
+    except Exception as err:
+        if peer_failed(err) and not debug_requested(argv):
+            return 1  # the rank that failed first printed why
+        raise
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
