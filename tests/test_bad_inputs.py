@@ -128,3 +128,45 @@ def test_read_only_data_directory_names_data_cache_path(tiny_data, checkpoints, 
         assert proc.stderr.strip().splitlines()[-2].strip() == f"traceback : {line}"
         rc, _, err = run_cli("pretrain_salt.py", [*argv, "--data-cache-path", str(tmp_path / "c")])
         assert rc == 0, err
+
+
+def test_checkpoint_save_on_a_full_disk(tiny_data, checkpoints, tmp_path):
+    """A real full disk (a tmpfs with room for one checkpoint): one line, nothing half-written."""
+    from megatron_salt.checkpoint_dir import verify_manifest
+
+    with tmpfs(tmp_path / "disk", size="2600k") as disk:
+        run = disk / "run"
+        argv = student_args(tiny_data, checkpoints, run, "--train-iters", "4")
+        rc, _, err = run_cli("pretrain_salt.py", [*argv, "--save-interval", "2"])
+        assert_one_line_error(
+            rc, err, f"pretrain_salt.py: error: --save {run}: no space left on device writing "
+            f"{run / 'iter_0000004.partial'} (the previous checkpoint {run / 'iter_0000002'} "
+            "is intact)",
+        )  # fmt: skip
+        assert sorted(p.name for p in run.iterdir()) == [
+            "iter_0000002", "latest_checkpointed_iteration.txt", "metrics.jsonl",
+        ]  # fmt: skip
+        assert (run / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+        assert verify_manifest(run / "iter_0000002")
+
+
+def test_preprocessing_on_a_full_disk_leaves_no_temporary(tiny_data, tmp_path):
+    """ENOSPC mid-write, and again when the cleanup closes (flushes) the files."""
+    from conftest import stdlib_texts
+
+    shard = tmp_path / "shard.jsonl"
+    shard.write_text("".join(json.dumps({"text": t}) + "\n" for t in stdlib_texts(1_500_000)))
+    with tmpfs(tmp_path / "disk", size="256k") as disk:
+        argv = [
+            sys.executable, str(REPO / "tools/preprocess_pile.py"), "--input", str(shard),
+            "--output-prefix", str(disk / "p"), "--tokenizer-type", "SentencePieceTokenizer",
+            "--tokenizer-model", tiny_data.tokenizer_model, "--workers", "1",
+            "--log-interval", "0",
+        ]  # fmt: skip
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert proc.stderr.strip().splitlines()[-1] == (
+            f"preprocess_pile: error: no space left on device writing "
+            f"{disk / 'p_text_document.bin.tmp'} (temporary files removed)"
+        )
+        assert list(disk.iterdir()) == []

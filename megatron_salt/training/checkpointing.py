@@ -18,6 +18,7 @@ from the previous complete checkpoint.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+from torch.distributed.checkpoint.api import CheckpointException
 
 from megatron_salt.checkpoint_dir import (  # noqa: F401 - re-exported
     TRACKER_FILE,
@@ -127,30 +129,74 @@ def save_checkpoint(
         partial.mkdir()
     dist.barrier()
 
-    state = _sharded_state(model, optimizer, is_loading=False)
-    state["rng_state"] = _rng_sharded_object(_capture_rng())
-    state["opt_param_scheduler"] = scheduler.state_dict()
-    state["train_state"] = dict(train_state, layout=_layout())
-    dist_checkpointing.save(state, str(partial))
+    try:
+        state = _sharded_state(model, optimizer, is_loading=False)
+        state["rng_state"] = _rng_sharded_object(_capture_rng())
+        state["opt_param_scheduler"] = scheduler.state_dict()
+        state["train_state"] = dict(train_state, layout=_layout())
+        dist_checkpointing.save(state, str(partial))
 
-    if rank == 0:
-        model_cfg.save(partial)
-        (partial / RUN_ARGS_FILE).write_text(
-            json.dumps(run_args, indent=2, sort_keys=True, default=str)
-        )
-    dist.barrier()
-    write_manifest(partial, iteration)  # collective; the last file of the checkpoint
-    dist.barrier()
+        if rank == 0:
+            model_cfg.save(partial)
+            (partial / RUN_ARGS_FILE).write_text(
+                json.dumps(run_args, indent=2, sort_keys=True, default=str)
+            )
+        dist.barrier()
+        write_manifest(partial, iteration)  # collective; the last file of the checkpoint
+        dist.barrier()
+    except (Exception, CheckpointException) as err:  # noqa: BLE001 - reported in one line
+        raise _save_failed(err, root, partial) from None
     if rank == 0:
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
         tracker = root / TRACKER_FILE
         tmp = tracker.with_suffix(".tmp")
-        tmp.write_text(f"{iteration}\n")
-        os.replace(tmp, tracker)
+        try:
+            tmp.write_text(f"{iteration}\n")
+            os.replace(tmp, tracker)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise CheckpointError(
+                f"{final} is complete but {tracker} could not be updated ({err.strerror}); "
+                f"pass --load {final} to resume from it"
+            ) from None
     dist.barrier()
     return final
+
+
+def _save_failed(err: BaseException, root: Path, partial: Path) -> CheckpointError:
+    """Remove the partial checkpoint and say what happened in one line (disk full above all)."""
+    text = str(err)
+    try:
+        free = shutil.disk_usage(partial if partial.exists() else root).free
+    except OSError:
+        free = -1
+    full = (
+        any(getattr(e, "errno", None) == errno.ENOSPC for e in _chain(err))
+        or "No space left on device" in text
+        or 0 <= free < 1 << 20  # torch's zip writer reports a short write as "unexpected pos"
+    )
+    if dist.get_rank() == 0:
+        shutil.rmtree(partial, ignore_errors=True)
+    previous = latest_iteration(root)
+    kept = (
+        f"the previous checkpoint {iteration_dir(root, previous)} is intact"
+        if previous is not None
+        else "no earlier checkpoint"
+    )
+    if full:
+        return CheckpointError(f"no space left on device writing {partial} ({kept})")
+    first = text.strip().splitlines()[-1] if text.strip() else type(err).__name__
+    return CheckpointError(f"cannot write {partial}: {first} ({kept})")
+
+
+def _chain(err: BaseException):
+    while err is not None:
+        yield err
+        if isinstance(err, CheckpointException) and err.failures:
+            yield from (failure[0] for failure in err.failures.values())
+        err = err.__cause__ or err.__context__
 
 
 def load_checkpoint(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import errno
 import logging
 import os
 import sys
@@ -88,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         if debug_requested(argv) and err.__context__ is not None:
             traceback.print_exception(err.__context__)
         report_failure(str(err.code))
+        return 2
+    except OSError as err:
+        if err.errno != errno.ENOSPC or debug_requested(argv):
+            raise
+        report_failure(f"pretrain_salt.py: error: no space left on device writing {err.filename}")
         return 2
     except Exception as err:
         if peer_failed(err) and not debug_requested(argv):

@@ -544,7 +544,14 @@ class Trainer:
         elapsed = torch.tensor([self.train_time_s], dtype=torch.float64, device=device())
         dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
         self.train_time_s = elapsed.item()
-        path = checkpointing.save_checkpoint(
+        try:
+            path = self._save_checkpoint()
+        except CheckpointError as err:
+            raise FlagError(f"pretrain_salt.py: error: --save {self.args.save}: {err}") from None
+        logger.info("saved checkpoint %s in %.1fs", path, time.perf_counter() - start)
+
+    def _save_checkpoint(self):
+        return checkpointing.save_checkpoint(
             self.args.save,
             self.iteration,
             model=self.model,
@@ -564,7 +571,6 @@ class Trainer:
             ),
             run_args=vars(self.args),
         )
-        logger.info("saved checkpoint %s in %.1fs", path, time.perf_counter() - start)
 
     def close(self) -> None:
         if self.teacher is not None:
