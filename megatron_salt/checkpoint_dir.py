@@ -282,8 +282,11 @@ def check_structure(ckpt: Path) -> None:
     metadata = read_metadata(ckpt)
     needed: dict[str, int] = {}
     for info in (getattr(metadata, "storage_data", None) or {}).values():
-        end = int(info.offset) + int(info.length)
-        needed[info.relative_path] = max(needed.get(info.relative_path, 0), end)
+        name = getattr(info, "relative_path", None)
+        offset, length = getattr(info, "offset", None), getattr(info, "length", None)
+        if name is None or offset is None or length is None:
+            continue  # another torch's storage layout: leave it to the load itself
+        needed[name] = max(needed.get(name, 0), int(offset) + int(length))
     for name, end in sorted(needed.items()):
         path = ckpt / name
         try:

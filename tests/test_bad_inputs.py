@@ -119,8 +119,17 @@ def test_read_only_data_directory_names_data_cache_path(tiny_data, checkpoints, 
         # Under torchrun only rank 0 writes the cache; rank 1 waits for it and sees its
         # peer vanish. The user's last line is rank 0's (torchrun's root cause), and no
         # rank prints a traceback.
-        torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                    "--master_port", str(free_port()), str(REPO / "pretrain_salt.py"), *argv]
+        torchrun = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            str(REPO / "pretrain_salt.py"),
+            *argv,
+        ]
         proc = subprocess.run(torchrun, capture_output=True, text=True, timeout=240,
                               env=dict(os.environ, OMP_NUM_THREADS="1"))  # fmt: skip
         assert proc.returncode != 0

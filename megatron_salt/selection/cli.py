@@ -294,9 +294,7 @@ def select_main(argv: Sequence[str] | None = None) -> int:
 
     for prefix in args.data_path:
         try:
-            lines = describe_selection(
-                prefix, args.kd_data_selection, args.kd_data_selection_check
-            )
+            lines = describe_selection(prefix, args.kd_data_selection, args.kd_data_selection_check)
         except (StaleScoresError, ValueError, FileNotFoundError) as err:
             return _fail(prog, str(err))
         print("\n".join(lines))

@@ -85,9 +85,7 @@ def build_kd_dataset(
         selected_documents=select_documents(prefixes, Selection.parse(kd.data_selection)),
     )
     try:
-        train, _, _ = build_datasets(
-            config, [num_samples, 0, 0], dataset_class=SelectedGPTDataset
-        )
+        train, _, _ = build_datasets(config, [num_samples, 0, 0], dataset_class=SelectedGPTDataset)
     except NoSelectedDocumentError as err:
         raise EmptySelectionError(f"{kd.data_selection}: {err} (--split {split})") from None
     return train
