@@ -5,7 +5,7 @@ A known failure (bad flag, damaged checkpoint, stale scores, full disk) is one l
 ``--debug`` or ``SALT_DEBUG=1`` asks for one. Under torchrun the line also goes into
 the error file torchrun reads (``TORCHELASTIC_ERROR_FILE``), so its failure summary
 shows it as the root cause, and the other ranks, which only see their peer vanish,
-exit quietly instead of printing a traceback after it.
+wait for torchrun to stop them instead of printing a traceback after it.
 """
 
 from __future__ import annotations
@@ -50,3 +50,22 @@ def peer_failed(err: BaseException) -> bool:
     """A collective failed because another rank exited (which reported why itself)."""
     text = str(err)
     return isinstance(err, RuntimeError) and any(s in text for s in _PEER_GONE)
+
+
+def exit_after_peer_failure(err: BaseException, prog: str) -> int:
+    """This rank's collective broke because another rank exited first.
+
+    Wait a moment: under torchrun the launcher, which saw that rank fail, stops this one
+    meanwhile, so the failing rank's line stays the last thing printed. Otherwise (no
+    launcher, or it was slow) say in one line what happened here, and exit 1.
+    """
+    time.sleep(3.0)
+    rank = os.environ.get("RANK", "?")
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    print(
+        f"{prog}: rank {rank} stopped: another rank exited ({first[:200]}); its error is "
+        "above (--debug or SALT_DEBUG=1 for this rank's traceback)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return 1

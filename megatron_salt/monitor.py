@@ -59,8 +59,12 @@ class MetricsLog:
         if "".join(k + "\n" for k in kept) == text:
             return
         tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(k + "\n" for k in kept))
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text("".join(k + "\n" for k in kept))
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def write(self, kind: str, iteration: int, values: dict[str, Any]) -> None:
         if self.path is None:

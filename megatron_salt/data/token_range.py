@@ -10,6 +10,7 @@ and modification time, so later start-ups only ``stat`` the file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -45,12 +46,14 @@ def max_token_id(prefix: str, dtype: np.dtype, cache_dir: str | None = None) -> 
     for start in range(0, len(tokens), _BLOCK):
         top = max(top, int(tokens[start : start + _BLOCK].max()))
     for path in candidates:
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
             tmp.write_text(json.dumps({**key, "max_token_id": top}) + "\n")
             os.replace(tmp, path)
             break
         except OSError:
-            continue  # read-only: try the next place, or scan again next time
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            continue  # read-only or full: try the next place, or scan again next time
     return top

@@ -141,7 +141,7 @@ def score_main(argv: Sequence[str] | None = None) -> int:
     import torch.distributed as dist
 
     from megatron_salt.checkpoint_dir import CheckpointError
-    from megatron_salt.errors import debug_requested, peer_failed
+    from megatron_salt.errors import debug_requested, exit_after_peer_failure, peer_failed
 
     init_distributed_from_env(args.tensor_model_parallel_size)
     rank = dist.get_rank()
@@ -166,7 +166,7 @@ def score_main(argv: Sequence[str] | None = None) -> int:
         return _fail(prog, f"--load {args.load}: {err}")
     except Exception as err:
         if peer_failed(err) and not debug_requested():
-            return 1  # the rank that failed first printed why
+            return exit_after_peer_failure(err, prog)
         raise
     finally:
         dist.destroy_process_group()

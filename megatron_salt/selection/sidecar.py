@@ -149,14 +149,18 @@ def write_scores(prefix: str, scores: np.ndarray, header: ScoreHeader) -> None:
         raise ValueError(f"{len(scores)} scores for {header.num_documents} documents")
     header_path.unlink(missing_ok=True)
     tmp = scores_path.with_name(scores_path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, np.asarray(scores, dtype=np.float32))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, scores_path)
-    tmp = header_path.with_name(header_path.name + ".tmp")
-    tmp.write_text(json.dumps(asdict(header), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, header_path)
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, np.asarray(scores, dtype=np.float32))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, scores_path)
+        tmp = header_path.with_name(header_path.name + ".tmp")
+        tmp.write_text(json.dumps(asdict(header), indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, header_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # e.g. a full disk: leave no temporary behind
+        raise
 
 
 def read_header(prefix: str) -> ScoreHeader:

@@ -29,7 +29,12 @@ from megatron_salt.compat import (
     describe_backends,
     quiet_upstream_warnings,
 )
-from megatron_salt.errors import debug_requested, peer_failed, report_failure
+from megatron_salt.errors import (
+    debug_requested,
+    exit_after_peer_failure,
+    peer_failed,
+    report_failure,
+)
 from megatron_salt.training.arguments import FlagError, parse_args
 
 logger = logging.getLogger("megatron_salt")
@@ -97,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as err:
         if peer_failed(err) and not debug_requested(argv):
-            return 1  # the rank that failed first printed why
+            return exit_after_peer_failure(err, "pretrain_salt.py")
         raise
     finally:
         if dist.is_initialized():
