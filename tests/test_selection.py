@@ -379,7 +379,7 @@ def test_scores_are_bound_to_the_bin_swapped_documents_refused(tiny_data, checkp
     preprocess([*docs, second, first])
     assert Path(prefix + ".idx").read_bytes() == idx_before  # the .idx cannot tell
     assert Path(prefix + ".bin").read_bytes() != bin_before
-    for check in ("quick", "full"):
+    for check in ("quick",):  # "full": test_quick_bin_check_trusts_an_unchanged_mtime...
         bad = subprocess.run([*select, "--kd-data-selection-check", check], capture_output=True,
                              text=True, timeout=120)  # fmt: skip
         assert bad.returncode == 2 and "Traceback" not in bad.stderr

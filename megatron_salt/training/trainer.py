@@ -283,16 +283,21 @@ class Trainer:
         flags = [("--data-path", args.data_path)]
         if kd_data:
             flags.append(("--kd-data-path", self.kd.data_path))
-        for flag, blend in flags:
-            for prefix in blend_prefixes(blend):
+        checks = [(flag, p) for flag, blend in flags for p in blend_prefixes(blend)]
+        # One rank scans (the first start-up reads each .bin once), every rank learns.
+        tops = torch.full((len(checks),), -1, dtype=torch.int64, device=device())
+        if dist.get_rank() == 0:
+            for i, (_, prefix) in enumerate(checks):
                 dtype = IndexedDataset(prefix, mmap=True).index.dtype
-                top = max_token_id(prefix, dtype, args.data_cache_path)
-                if top >= vocab_size:
-                    raise FlagError(
-                        f"pretrain_salt.py: error: {flag}: {prefix}.bin holds token id {top}, "
-                        f"but --tokenizer-model {args.tokenizer_model} has {vocab_size} tokens "
-                        "(was the data tokenized with another tokenizer?)"
-                    )
+                tops[i] = max_token_id(prefix, dtype, args.data_cache_path)
+        dist.broadcast(tops, src=0)
+        for (flag, prefix), top in zip(checks, tops.tolist(), strict=True):
+            if top >= vocab_size:
+                raise FlagError(
+                    f"pretrain_salt.py: error: {flag}: {prefix}.bin holds token id {top}, "
+                    f"but --tokenizer-model {args.tokenizer_model} has {vocab_size} tokens "
+                    "(was the data tokenized with another tokenizer?)"
+                )
 
     def _load(self) -> int | None:
         """Resume from ``--load`` (or take its weights, with ``--finetune``)."""
