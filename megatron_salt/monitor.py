@@ -2,9 +2,10 @@
 
 ``metrics.jsonl`` is the run's durable record (``tools/compare_runs.py`` reads
 it): one JSON object per line with ``kind`` ("train", "eval" or "event"),
-``iteration``, and the metrics under :func:`metric_key` names. On resume
-the records past the checkpoint's iteration are dropped, so a crashed-and-
-resumed run reads like an uninterrupted one.
+``iteration``, and the metrics under :func:`metric_key` names. Every launch
+drops a last line cut short by a crash (so the new records never continue it);
+on resume the records past the checkpoint's iteration are dropped as well, so a
+crashed-and-resumed run reads like an uninterrupted one.
 
 wandb is optional: runs log offline unless ``WANDB_API_KEY`` is set (or
 ``WANDB_MODE`` says otherwise), SALT and baseline runs of the same student
@@ -41,21 +42,29 @@ class MetricsLog:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_iteration is not None and self.path.exists():
-            self._truncate_after(resume_iteration)
+        if self.path.exists():
+            self._repair(resume_iteration)
 
-    def _truncate_after(self, iteration: int) -> None:
+    def _repair(self, iteration: int | None) -> None:
+        """Drop lines cut short by a crash (every launch), and records past ``iteration``."""
+        text = self.path.read_text()
         kept = []
-        for line in self.path.read_text().splitlines():
+        for line in text.splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by a crash
-            if record.get("iteration", 0) <= iteration:
+            if iteration is None or record.get("iteration", 0) <= iteration:
                 kept.append(line)
+        if "".join(k + "\n" for k in kept) == text:
+            return
         tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(k + "\n" for k in kept))
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text("".join(k + "\n" for k in kept))
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def write(self, kind: str, iteration: int, values: dict[str, Any]) -> None:
         if self.path is None:

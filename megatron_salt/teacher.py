@@ -25,12 +25,12 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
 
+from megatron_salt.checkpoint_dir import load_model_config, open_checkpoint, reading_checkpoint
 from megatron_salt.compat import current_device
 from megatron_salt.config import ModelConfig, ParallelConfig, PrecisionConfig
 from megatron_salt.distill import check_vocab_compatible, teacher_logits_to_student_shard
 from megatron_salt.model import SaltGPTModel, build_gpt_model, transformer_config
 from megatron_salt.parallel import TeacherPlacement, build_teacher_placement
-from megatron_salt.training.checkpointing import resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +67,14 @@ class Teacher:
         pipeline_model_parallel_size: int,
         precision: PrecisionConfig,
         micro_batch_size: int,
+        verify: bool = True,
     ) -> Teacher:
-        """Build the teacher's groups and load its weights (collective over all ranks)."""
-        ckpt_dir = resolve_checkpoint(load_dir)
-        model_cfg = ModelConfig.load(ckpt_dir)
+        """Build the teacher's groups and load its weights (collective over all ranks).
+
+        ``verify``: check the checkpoint's files against its manifest first.
+        """
+        ckpt_dir = open_checkpoint(load_dir, verify=verify, log=logger.warning).path
+        model_cfg = load_model_config(ckpt_dir)
         check_vocab_compatible(model_cfg.vocab_size, student_cfg.vocab_size)
         if model_cfg.seq_length < student_cfg.seq_length and (
             model_cfg.position_embedding_type == "learned_absolute"
@@ -208,7 +212,8 @@ def load_frozen_gpt(
     state = {"model": model.sharded_state_dict() if model is not None else {}}
     # Replicas (over DP, or TP=1 inside a wider student TP group) carry the
     # student's replica ids, so skip the access validation.
-    loaded = dist_checkpointing.load(state, str(ckpt_dir), validate_access_integrity=False)
+    with reading_checkpoint(ckpt_dir):
+        loaded = dist_checkpointing.load(state, str(ckpt_dir), validate_access_integrity=False)
     if model is not None:
         model.load_state_dict(loaded["model"], strict=True)
         model.eval()

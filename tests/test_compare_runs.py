@@ -437,3 +437,22 @@ def test_cli_script(jsonl_runs, tmp_path):
     assert "| salt-a | salt |" in result.stdout
     assert f"wrote {out}.md and {out}.png" in result.stdout
     png_size(out.with_suffix(".png"))
+
+
+def test_without_matplotlib_says_how_to_install(jsonl_runs, tmp_path):
+    """A plain `pip install -e .` has no matplotlib: one line saying how to get it."""
+    hide = tmp_path / "no_matplotlib" / "matplotlib"
+    hide.mkdir(parents=True)
+    (hide / "__init__.py").write_text("raise ImportError(\"No module named 'matplotlib'\")\n")
+    env = dict(os.environ, PYTHONPATH=f"{hide.parent}{os.pathsep}{REPO}")
+    out = tmp_path / "cmp"
+    result = subprocess.run(
+        [sys.executable, str(TOOL), *(str(p) for p in jsonl_runs.values()), "--out", str(out)],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "compare_runs: error: the plot needs matplotlib, which is not installed: "
+        "pip install 'megatron-salt[plot]' (or pip install matplotlib)"
+    ]
+    assert not out.with_suffix(".md").exists()

@@ -95,6 +95,10 @@ def test_teacher_with_another_tokenizer_is_refused(tiny_data, checkpoints, tmp_p
     config = json.loads((ckpt / "model_config.json").read_text())
     config["vocab_size"] = tiny_data.vocab_size + 37
     (ckpt / "model_config.json").write_text(json.dumps(config))
+    # A checkpoint written that way, not a damaged one: its manifest matches.
+    from megatron_salt.checkpoint_dir import write_manifest
+
+    write_manifest(ckpt, int(ckpt.name.removeprefix("iter_")))
     argv = salt_args(tiny_data, checkpoints, tmp_path / "run", "--kd-iters", "2")
     argv[argv.index("--kd-teacher-load") + 1] = str(teacher)
     proc = subprocess.run(

@@ -211,3 +211,18 @@ def test_sigterm_with_exit_signal_handler_saves_and_exits(tiny_data, checkpoints
     assert 3 <= last < 500
     assert (run_dir / "latest_checkpointed_iteration.txt").read_text().strip() == str(last)
     assert f"exiting at iteration {last} (SIGTERM, --exit-signal-handler)" in out
+
+
+def test_relaunch_after_a_crash_before_any_checkpoint_repairs_metrics(
+    tiny_data, checkpoints, tmp_path
+):
+    """A crash mid-write leaves half a line; the next launch (not a resume) drops it."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    whole = json.dumps({"kind": "train", "iteration": 1, "time": 0.0, "lm_loss": 6.0})
+    (run_dir / "metrics.jsonl").write_text(whole + '\n{"kind": "train", "iteration": 2, "lm_l')
+    pretrain_on(1, student_args(tiny_data, checkpoints, run_dir, "--train-iters", "2"))
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert lines[0] == whole
+    kinds = [json.loads(line)["kind"] for line in lines[1:]]  # every line parses
+    assert kinds[0] == "run" and kinds.count("train") == 2

@@ -324,3 +324,99 @@ def test_preprocess_pile_score_with_writes_the_sidecar(tiny_data, checkpoints, t
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith("preprocess_pile: error: --score-with")
+
+
+def _equal_length_pair(tokenizer_model: str) -> tuple[str, str]:
+    """Two short texts with the same number of tokens and different tokens."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=tokenizer_model)
+    by_length: dict[int, tuple[str, list[int]]] = {}
+    for a in ("import", "return", "class", "def", "print", "while", "lambda", "yield"):
+        for b in ("self", "value", "path", "name", "data", "None", "True", "items"):
+            text = f"{a} {b} = {b}.{a}()\n" * 3
+            ids = sp.encode(text)
+            if len(ids) in by_length and by_length[len(ids)][1] != ids:
+                return by_length[len(ids)][0], text
+            by_length.setdefault(len(ids), (text, ids))
+    raise AssertionError("no two texts of equal token length")
+
+
+def test_scores_are_bound_to_the_bin_swapped_documents_refused(tiny_data, checkpoints, tmp_path):
+    """Re-preprocessing with two equal-length documents swapped: same .idx, other .bin."""
+    from megatron_salt.training.loop import main
+
+    first, second = _equal_length_pair(tiny_data.tokenizer_model)
+    docs = [t for t in stdlib_texts_small()]
+
+    def preprocess(order: list[str]) -> str:
+        shard = tmp_path / "shard.jsonl"
+        shard.write_text("".join(json.dumps({"text": t}) + "\n" for t in order))
+        argv = [
+            sys.executable, str(REPO / "tools/preprocess_pile.py"), "--input", str(shard),
+            "--output-prefix", str(tmp_path / "d"), "--tokenizer-type", "SentencePieceTokenizer",
+            "--tokenizer-model", tiny_data.tokenizer_model, "--append-eod", "--workers", "0",
+        ]  # fmt: skip
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return str(tmp_path / "d_text_document")
+
+    prefix = preprocess([*docs, first, second])
+    env = dict(os.environ, MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1")
+    score = [
+        sys.executable, str(REPO / "tools/score_data.py"), "--load", str(checkpoints[0]),
+        "--data-path", prefix, "--score-seq-length", str(SEQ),
+    ]  # fmt: skip
+    proc = subprocess.run(score, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    select = [sys.executable, str(REPO / "tools/select_data.py"), "--data-path", prefix]
+    ok = subprocess.run([*select, "--kd-data-selection", "top:0.5"], capture_output=True,
+                        text=True, timeout=120)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+
+    idx_before = Path(prefix + ".idx").read_bytes()
+    bin_before = Path(prefix + ".bin").read_bytes()
+    preprocess([*docs, second, first])
+    assert Path(prefix + ".idx").read_bytes() == idx_before  # the .idx cannot tell
+    assert Path(prefix + ".bin").read_bytes() != bin_before
+    for check in ("quick",):  # "full": test_quick_bin_check_trusts_an_unchanged_mtime...
+        bad = subprocess.run([*select, "--kd-data-selection-check", check], capture_output=True,
+                             text=True, timeout=120)  # fmt: skip
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr
+        (line,) = bad.stderr.strip().splitlines()
+        assert line.startswith("select_data.py: error: ") and f"{prefix}.bin" in line
+        assert "scores were computed for another" in line and "re-run tools/score_data.py" in line
+    argv = salt_args(tiny_data, checkpoints, tmp_path / "run", "--train-iters", "2")
+    argv += ["--kd-iters", "1", "--kd-data-path", prefix, "--kd-data-selection", "top:0.5"]
+    assert main(argv) == 2
+
+
+def stdlib_texts_small() -> list[str]:
+    from conftest import stdlib_texts
+
+    return stdlib_texts(max_bytes=20_000)
+
+
+def test_quick_bin_check_trusts_an_unchanged_mtime_and_full_check_does_not(tmp_path):
+    """A change the sampled blocks miss, with the mtime put back: only ``full`` sees it."""
+    from megatron_salt.selection.sidecar import BinFingerprint, check_bin
+
+    prefix = str(tmp_path / "big")
+    data = bytearray(np.random.default_rng(0).integers(0, 256, 8 << 20, dtype=np.uint8))
+    Path(prefix + ".bin").write_bytes(bytes(data))
+    fp = BinFingerprint.of(prefix)
+    header = ScoreHeader("c", 1, "f", 10, "median", 48, "i", 1, 1, bin_size=fp.size,
+                         bin_blake2b=fp.blake2b, bin_sampled=fp.sampled,
+                         bin_mtime_ns=fp.mtime_ns)  # fmt: skip
+    # Offsets 100 KiB and 200 KiB lie between the sampled blocks (every ~128 KiB, 64 KiB long).
+    data[100 << 10 : (100 << 10) + 512], data[200 << 10 : (200 << 10) + 512] = (
+        data[200 << 10 : (200 << 10) + 512],
+        data[100 << 10 : (100 << 10) + 512],
+    )
+    Path(prefix + ".bin").write_bytes(bytes(data))
+    with pytest.raises(StaleScoresError, match="equal length swapped"):
+        check_bin(prefix, header, Path("h"), "quick")  # rewritten: mtime differs -> full hash
+    os.utime(prefix + ".bin", ns=(fp.mtime_ns, fp.mtime_ns))
+    check_bin(prefix, header, Path("h"), "quick")  # what "quick" trusts: size, samples, mtime
+    with pytest.raises(StaleScoresError, match="equal length swapped"):
+        check_bin(prefix, header, Path("h"), "full")

@@ -35,6 +35,15 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--title", default="SALT vs baseline", help="title of the plot and table")
     args = parser.parse_args(argv)
+    try:
+        import matplotlib  # noqa: F401 - the plot needs it; say so before reading anything
+    except ImportError:
+        print(
+            "compare_runs: error: the plot needs matplotlib, which is not installed: "
+            "pip install 'megatron-salt[plot]' (or pip install matplotlib)",
+            file=sys.stderr,
+        )
+        return 2
 
     try:
         paths = [Path(p) for p in args.runs]

@@ -11,14 +11,17 @@ on timing.
 Failure. Everything is written under ``.tmp`` names and published only after the whole input
 went through: the ``.bin`` is renamed first, the summary next and the ``.idx`` last (a stale
 ``.idx`` of an earlier run is deleted before the ``.bin`` is replaced), so an ``.idx`` on
-disk always belongs to a complete ``.bin`` next to it. On an error, or Ctrl-C, the temporary
-files are removed; after a ``kill -9`` they stay, and the next run overwrites them. A rerun
+disk always belongs to a complete ``.bin`` next to it. On an error, Ctrl-C or a full disk (whose
+error names the file), the temporary files are removed, even when closing them hits
+the full disk again; after a ``kill -9`` they stay, and the next run overwrites them. A rerun
 gives byte-identical ``.bin/.idx``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import os
 import shutil
@@ -127,10 +130,21 @@ class OutputFiles:
         """The subset ids as they stream in, before the ``.npy`` header is put on."""
         return self.tmp(self.subsets) + ".raw"
 
+    def temporaries(self) -> tuple[str, ...]:
+        return (*(self.tmp(p) for p in self.finals()), self.subsets_raw)
+
     def remove_temporaries(self) -> None:
-        for path in (*(self.tmp(p) for p in self.finals()), self.subsets_raw):
-            if os.path.exists(path):
+        """Remove every temporary; a failure on one (say, a full disk) never keeps the rest."""
+        failed = None
+        for path in self.temporaries():
+            try:
                 os.remove(path)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                failed = failed or err
+        if failed is not None:
+            raise failed
 
     def publish(self) -> None:
         """Rename the complete temporaries into place; ``.idx`` last, as the commit mark."""
@@ -199,10 +213,12 @@ class KeyWriter:
         self._subset_ids = open(self.files.subsets_raw, "wb")
 
     def add(self, tokens: KeyTokens, subset_names: list[str]) -> None:
-        add_documents(self.builder, tokens.ids, tokens.lengths)
+        with _naming(self.files.tmp(self.files.bin)):
+            add_documents(self.builder, tokens.ids, tokens.lengths)
         if len(tokens.lengths):
             ids = np.array([self._subset_id(name) for name in subset_names], dtype="<i2")
-            self._subset_ids.write(ids[tokens.subsets].tobytes())
+            with _naming(self.files.subsets_raw):
+                self._subset_ids.write(ids[tokens.subsets].tobytes())
         self.docs += len(tokens.lengths)
         self.tokens += int(tokens.lengths.sum(dtype=np.int64))
         self.empty_docs += tokens.empty_docs
@@ -234,10 +250,24 @@ class KeyWriter:
         os.remove(self.files.subsets_raw)
 
     def close(self) -> None:
-        if not self.builder.data_file.closed:
-            self.builder.data_file.close()
-        if not self._subset_ids.closed:
-            self._subset_ids.close()
+        """Close both files, whatever happens (closing flushes, and a full disk refuses that;
+        the descriptor is released all the same)."""
+        for f in (self.builder.data_file, self._subset_ids):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+@contextlib.contextmanager
+def _naming(path: str) -> Iterator[None]:
+    """Give a write error the file it happened on (``write`` errors carry no file name)."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None:
+            err.filename = path
+        raise
 
 
 @dataclass
@@ -435,6 +465,14 @@ def preprocess(config: PreprocessConfig, log: Callable[[str], None] = _stderr) -
         raise PreprocessError(
             f"a worker process died ({err}); out of memory? try fewer --workers"
         ) from None
+    except OSError as err:
+        _abort(writers, outputs, executor)
+        if err.errno == errno.ENOSPC:
+            where = err.filename or os.path.dirname(os.path.abspath(config.output_prefix))
+            raise PreprocessError(
+                f"no space left on device writing {where} (temporary files removed)"
+            ) from None
+        raise
     except BaseException:
         _abort(writers, outputs, executor)
         raise
@@ -443,12 +481,16 @@ def preprocess(config: PreprocessConfig, log: Callable[[str], None] = _stderr) -
 
 
 def _abort(writers, outputs, executor) -> None:
+    """Stop the workers and remove every temporary file, even on a full disk."""
     if executor is not None:
         executor.shutdown(wait=True, cancel_futures=True)
     for writer in writers.values():
         writer.close()
     for files in outputs.values():
-        files.remove_temporaries()
+        try:
+            files.remove_temporaries()
+        except OSError as err:
+            _stderr(f"warning: could not remove a temporary file: {err}")
 
 
 def _summary(config, key, writer: KeyWriter, stats: RunStats, tokenizer: dict) -> dict:
@@ -629,7 +671,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         block_bytes=max(1, int(args.block_size_mb * 2**20)),
     )
     if args.score_with is not None:
-        from megatron_salt.training.checkpointing import CheckpointError, resolve_checkpoint
+        from megatron_salt.checkpoint_dir import CheckpointError, resolve_checkpoint
 
         try:  # before hours of tokenizing, not after
             resolve_checkpoint(args.score_with)

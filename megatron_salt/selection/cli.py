@@ -23,7 +23,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _fail(prog: str, message: str) -> int:
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    from megatron_salt.errors import report_failure
+
+    report_failure(f"{prog}: error: {message}")
     return 2
 
 
@@ -87,6 +89,7 @@ def score(
     bf16: bool = False,
     chunk_documents: int = 512,
     log=print,
+    verify: bool = True,
 ) -> None:
     """Score each prefix with the SLM (collective; distributed must be initialised)."""
     from megatron_salt.config import PrecisionConfig
@@ -99,6 +102,7 @@ def score(
         seq_length=seq_length,
         micro_batch_size=micro_batch_size,
         precision=PrecisionConfig(bf16=bf16),
+        verify=verify,
     )
     for prefix in prefixes:
         score_prefix(scorer, prefix, chunk_documents=chunk_documents, log=log)
@@ -118,6 +122,11 @@ def score_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tensor-model-parallel-size", type=int, default=1)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument(
+        "--no-ckpt-verify",
+        action="store_true",
+        help="skip checking --load against its manifest.json (the log says so)",
+    )
+    parser.add_argument(
         "--chunk-documents",
         type=int,
         default=512,
@@ -132,7 +141,8 @@ def score_main(argv: Sequence[str] | None = None) -> int:
 
     import torch.distributed as dist
 
-    from megatron_salt.training.checkpointing import CheckpointError
+    from megatron_salt.checkpoint_dir import CheckpointError
+    from megatron_salt.errors import debug_requested, exit_after_peer_failure, peer_failed
 
     init_distributed_from_env(args.tensor_model_parallel_size)
     rank = dist.get_rank()
@@ -146,10 +156,19 @@ def score_main(argv: Sequence[str] | None = None) -> int:
             seq_length=args.score_seq_length,
             bf16=args.bf16,
             chunk_documents=args.chunk_documents,
+            verify=not args.no_ckpt_verify,
             log=(lambda m: print(f"{prog}: {m}", flush=True)) if rank == 0 else (lambda m: None),
         )
     except (CheckpointError, FileNotFoundError, ValueError) as err:
+        if debug_requested():
+            import traceback
+
+            traceback.print_exc()
         return _fail(prog, f"--load {args.load}: {err}")
+    except Exception as err:
+        if peer_failed(err) and not debug_requested():
+            return exit_after_peer_failure(err, prog)
+        raise
     finally:
         dist.destroy_process_group()
     return 0
@@ -188,13 +207,15 @@ def _subset_names(prefix: str) -> tuple[np.ndarray, list[str]] | None:
     return (np.load(ids_path), names) if names is not None else None
 
 
-def describe_selection(prefix: str, selection_text: str | None) -> list[str]:
+def describe_selection(
+    prefix: str, selection_text: str | None, bin_check: str = "quick"
+) -> list[str]:
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     from megatron_salt.selection.rules import Selection
     from megatron_salt.selection.sidecar import load_scores
 
-    scores, header = load_scores(prefix)
+    scores, header = load_scores(prefix, bin_check=bin_check, warn=print)
     lines = [
         f"{prefix}: scored by {header.slm_checkpoint} (iteration {header.slm_iteration}), "
         f"{header.statistic} loss over positions whose label is in the SLM's top-{header.top_k}, "
@@ -204,6 +225,12 @@ def describe_selection(prefix: str, selection_text: str | None) -> list[str]:
     if selection_text is None:
         return lines
     keep = Selection.parse(selection_text).select(scores)
+    if len(keep) == 0:
+        scored = int(np.isfinite(scores).sum())
+        raise ValueError(
+            f"--kd-data-selection {selection_text} keeps no document of {prefix} "
+            f"({scored} of {len(scores)} documents have a score)"
+        )
     dataset = IndexedDataset(prefix, mmap=True)
     bounds = dataset.document_indices
     doc_tokens = (
@@ -256,12 +283,19 @@ def select_main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--data-path", nargs="+", required=True)
     parser.add_argument("--kd-data-selection", default=None, help="'top:F' or 'range:LO:HI'")
+    parser.add_argument(
+        "--kd-data-selection-check",
+        choices=["quick", "full"],
+        default="quick",
+        help="quick: .bin size, sampled blocks, whole-file hash if it was rewritten since "
+        "scoring; full: always hash the whole .bin",
+    )
     args = parser.parse_args(argv)
     from megatron_salt.selection.sidecar import StaleScoresError
 
     for prefix in args.data_path:
         try:
-            lines = describe_selection(prefix, args.kd_data_selection)
+            lines = describe_selection(prefix, args.kd_data_selection, args.kd_data_selection_check)
         except (StaleScoresError, ValueError, FileNotFoundError) as err:
             return _fail(prog, str(err))
         print("\n".join(lines))

@@ -16,6 +16,10 @@ import numpy as np
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
 
+class NoSelectedDocumentError(ValueError):
+    """The selection and a split of the prefix have no document in common."""
+
+
 @dataclass
 class SelectedGPTDatasetConfig(GPTDatasetConfig):
     #: prefix -> sorted document ids to keep
@@ -43,7 +47,9 @@ class SelectedGPTDataset(GPTDataset):
             raise KeyError(f"no document selection for {dataset_path}")
         indexed_indices = np.intersect1d(indexed_indices, selected, assume_unique=True)
         if indexed_indices.size == 0:
-            raise ValueError(f"{dataset_path}: the selection keeps no document of this split")
+            raise NoSelectedDocumentError(
+                f"keeps no document of the {index_split.name} split of {dataset_path}"
+            )
         super().__init__(
             indexed_dataset, dataset_path, indexed_indices, num_samples, index_split, config
         )

@@ -31,11 +31,17 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from megatron_salt.checkpoint_dir import load_model_config, open_checkpoint
 from megatron_salt.compat import current_device
-from megatron_salt.config import ModelConfig, ParallelConfig, PrecisionConfig
-from megatron_salt.selection.sidecar import ScoreHeader, idx_fingerprint, write_scores
+from megatron_salt.config import ParallelConfig, PrecisionConfig
+from megatron_salt.selection.sidecar import (
+    BinFingerprint,
+    ScoreHeader,
+    idx_fingerprint,
+    sampled_digest,
+    write_scores,
+)
 from megatron_salt.teacher import load_frozen_gpt
-from megatron_salt.training.checkpointing import resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -64,13 +70,14 @@ class SLMScorer:
         seq_length: int | None = None,
         micro_batch_size: int = 8,
         precision: PrecisionConfig | None = None,
+        verify: bool = True,
     ) -> None:
         if statistic not in STATISTICS:
             raise ValueError(f"--score-statistic must be one of {STATISTICS}, got {statistic!r}")
         if top_k < 1:
             raise ValueError("--score-top-k must be >= 1")
-        self.ckpt_dir = resolve_checkpoint(checkpoint)
-        self.model_cfg = ModelConfig.load(self.ckpt_dir)
+        self.ckpt_dir = open_checkpoint(checkpoint, verify=verify, log=logger.warning).path
+        self.model_cfg = load_model_config(self.ckpt_dir)
         self.top_k = top_k
         self.statistic = statistic
         self.seq_length = seq_length or self.model_cfg.seq_length
@@ -205,6 +212,7 @@ class _Job:
     seq_length: int
     idx_fingerprint: str
     chunk_documents: int
+    bin_quick: str  # size, sampled blocks, mtime: a rewritten .bin starts over
 
 
 def _documents(dataset, first: int, last: int) -> list[np.ndarray]:
@@ -238,6 +246,8 @@ def score_prefix(
     dataset = IndexedDataset(prefix, mmap=True)
     num_docs = dataset.document_indices.shape[0] - 1
     fingerprint = idx_fingerprint(prefix)
+    bin_stat = os.stat(prefix + ".bin")
+    bin_quick = f"{bin_stat.st_size}:{sampled_digest(prefix + '.bin')}:{bin_stat.st_mtime_ns}"
     job = _Job(
         scorer.fingerprint,
         scorer.top_k,
@@ -245,6 +255,7 @@ def score_prefix(
         scorer.seq_length,
         fingerprint,
         chunk_documents,
+        bin_quick,
     )
     work = Path(prefix + ".salt_scores.partial")
     rank = dist.get_rank()
@@ -301,6 +312,9 @@ def score_prefix(
         else np.empty(0, dtype=np.float32)
     )
     if rank == 0:
+        bin_fp = BinFingerprint.of(prefix)  # the whole .bin, once, on one rank
+        if f"{bin_fp.size}:{bin_fp.sampled}:{bin_fp.mtime_ns}" != bin_quick:
+            raise ValueError(f"{prefix}.bin changed while it was being scored; score it again")
         header = ScoreHeader(
             slm_checkpoint=str(scorer.ckpt_dir),
             slm_iteration=scorer.iteration,
@@ -311,6 +325,10 @@ def score_prefix(
             idx_fingerprint=fingerprint,
             num_documents=num_docs,
             num_scored=int(np.isfinite(scores).sum()),
+            bin_size=bin_fp.size,
+            bin_blake2b=bin_fp.blake2b,
+            bin_sampled=bin_fp.sampled,
+            bin_mtime_ns=bin_fp.mtime_ns,
         )
         write_scores(prefix, scores, header)
         shutil.rmtree(work)

@@ -5,27 +5,40 @@ Two files next to ``{prefix}.idx``:
 * ``{prefix}.salt_scores.npy`` - float32, one score per document in ``.idx``
   document order, NaN for documents too short (or too hard) to score;
 * ``{prefix}.salt_scores.json`` - the header: which SLM checkpoint scored, with
-  which top-k, statistic and window length, and a fingerprint of the ``.idx``.
+  which top-k, statistic and window length, a fingerprint of the ``.idx`` and one
+  of the ``.bin`` (size, blake2b of the whole file, blake2b of 64 sampled blocks,
+  modification time).
 
 The header is written last and removed first, so a half-written pair is never
-read. Readers check the fingerprint: scores computed for another ``.idx``
-(re-tokenised corpus, other shard) are refused with a clear error rather than
-silently misaligned.
+read. Readers check the fingerprints: scores computed for another ``.idx``
+(re-tokenised corpus, other shard) or another ``.bin`` (e.g. two documents of equal
+length swapped: same ``.idx``, other tokens) are refused with a clear error rather
+than silently misaligned.
+
+``.bin`` checks. ``quick`` (the default, milliseconds): size and sampled blocks, and
+the whole-file hash whenever the ``.bin``'s modification time differs from the one
+recorded (it was rewritten, or copied). ``full``: always the whole-file hash.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+logger = logging.getLogger(__name__)
+
 SCORES_SUFFIX = ".salt_scores.npy"
 HEADER_SUFFIX = ".salt_scores.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the .bin fingerprint
+BIN_CHECKS = ("quick", "full")
+_SAMPLED_BLOCKS, _SAMPLE_BYTES = 64, 1 << 16
 
 
 class StaleScoresError(ValueError):
@@ -46,6 +59,10 @@ class ScoreHeader:
     num_documents: int
     num_scored: int
     format_version: int = FORMAT_VERSION
+    bin_size: int = -1  # -1: written before format 2 (no .bin binding)
+    bin_blake2b: str = ""
+    bin_sampled: str = ""
+    bin_mtime_ns: int = -1
 
 
 def idx_fingerprint(prefix: str) -> str:
@@ -62,6 +79,65 @@ def idx_fingerprint(prefix: str) -> str:
     return f"blake2b:{os.path.getsize(path)}:{digest.hexdigest()}"
 
 
+@dataclass
+class BinFingerprint:
+    """What identifies a ``.bin``: size, whole-file and sampled-block digests, mtime."""
+
+    size: int
+    blake2b: str
+    sampled: str
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, prefix: str) -> BinFingerprint:
+        """All four (reads the whole ``.bin``: at scoring time, which reads it anyway)."""
+        path = prefix + ".bin"
+        stat = os.stat(path)
+        return cls(stat.st_size, bin_digest(path), sampled_digest(path), stat.st_mtime_ns)
+
+
+def bin_digest(path: str) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sampled_digest(path: str) -> str:
+    """blake2b of 64 blocks of 64 KiB spread evenly over the file (and its size)."""
+    size = os.path.getsize(path)
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(str(size).encode())
+    span = max(size - _SAMPLE_BYTES, 0)
+    with open(path, "rb") as f:
+        for i in range(_SAMPLED_BLOCKS):
+            f.seek(span * i // (_SAMPLED_BLOCKS - 1))
+            digest.update(f.read(_SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
+def check_bin(prefix: str, header: ScoreHeader, header_path: Path, mode: str = "quick") -> None:
+    """Refuse scores whose ``.bin`` changed since scoring (:class:`StaleScoresError`)."""
+    if mode not in BIN_CHECKS:
+        raise ValueError(f"bin check must be one of {BIN_CHECKS}, got {mode!r}")
+    path = prefix + ".bin"
+    stale = f"{header_path}: scores were computed for another {path}"
+    stat = os.stat(path)
+    if stat.st_size != header.bin_size:
+        raise StaleScoresError(
+            f"{stale} ({header.bin_size} bytes, now {stat.st_size}); re-run tools/score_data.py"
+        )
+    if sampled_digest(path) != header.bin_sampled:
+        raise StaleScoresError(f"{stale} (its content changed); re-run tools/score_data.py")
+    if mode == "full" or stat.st_mtime_ns != header.bin_mtime_ns:
+        if bin_digest(path) != header.bin_blake2b:
+            raise StaleScoresError(
+                f"{stale} (same size, other content: e.g. documents of equal length swapped); "
+                "re-run tools/score_data.py"
+            )
+
+
 def scores_paths(prefix: str) -> tuple[Path, Path]:
     return Path(prefix + SCORES_SUFFIX), Path(prefix + HEADER_SUFFIX)
 
@@ -73,14 +149,18 @@ def write_scores(prefix: str, scores: np.ndarray, header: ScoreHeader) -> None:
         raise ValueError(f"{len(scores)} scores for {header.num_documents} documents")
     header_path.unlink(missing_ok=True)
     tmp = scores_path.with_name(scores_path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, np.asarray(scores, dtype=np.float32))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, scores_path)
-    tmp = header_path.with_name(header_path.name + ".tmp")
-    tmp.write_text(json.dumps(asdict(header), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, header_path)
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, np.asarray(scores, dtype=np.float32))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, scores_path)
+        tmp = header_path.with_name(header_path.name + ".tmp")
+        tmp.write_text(json.dumps(asdict(header), indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, header_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # e.g. a full disk: leave no temporary behind
+        raise
 
 
 def read_header(prefix: str) -> ScoreHeader:
@@ -90,12 +170,23 @@ def read_header(prefix: str) -> ScoreHeader:
             f"{prefix}: no SLM scores ({header_path.name} missing); "
             "run tools/score_data.py on it first"
         )
-    values = json.loads(header_path.read_text())
-    return ScoreHeader(**values)
+    try:
+        return ScoreHeader(**json.loads(header_path.read_text()))
+    except (ValueError, TypeError) as err:
+        raise StaleScoresError(f"{header_path}: unreadable score header ({err})") from None
 
 
-def load_scores(prefix: str, *, check_fingerprint: bool = True) -> tuple[np.ndarray, ScoreHeader]:
-    """Scores and header for ``prefix``; :class:`StaleScoresError` if they don't match it."""
+def load_scores(
+    prefix: str,
+    *,
+    check_fingerprint: bool = True,
+    bin_check: str = "quick",
+    warn: Callable[[str], None] = logger.warning,
+) -> tuple[np.ndarray, ScoreHeader]:
+    """Scores and header for ``prefix``; :class:`StaleScoresError` if they don't match it.
+
+    ``bin_check``: ``quick`` or ``full`` (see the module docstring).
+    """
     scores_path, header_path = scores_paths(prefix)
     header = read_header(prefix)
     if check_fingerprint:
@@ -105,6 +196,13 @@ def load_scores(prefix: str, *, check_fingerprint: bool = True) -> tuple[np.ndar
                 f"{header_path}: scores were computed for another {prefix}.idx "
                 f"({header.idx_fingerprint}, now {current}); re-run tools/score_data.py"
             )
+        if header.bin_size < 0:
+            warn(
+                f"note: {header_path} predates .bin fingerprints: only {prefix}.idx is "
+                "checked (re-run tools/score_data.py to bind the scores to the .bin)"
+            )
+        else:
+            check_bin(prefix, header, header_path, bin_check)
     if not scores_path.is_file():
         raise StaleScoresError(f"{header_path} has no {scores_path.name} beside it")
     scores = np.load(scores_path)

@@ -118,6 +118,18 @@ def build_parser(prog: str = "pretrain_salt.py") -> argparse.ArgumentParser:
         help="on SIGTERM, finish the step, save a checkpoint (with --save) and exit",
     )
     ckpt.add_argument(
+        "--no-ckpt-verify",
+        action="store_true",
+        help="skip checking --load and --kd-teacher-load against their manifest.json (each "
+        "file's size and blake2b; the log says it was skipped)",
+    )
+    ckpt.add_argument(
+        "--ckpt-load-fallback",
+        action="store_true",
+        help="if the latest checkpoint in --load is damaged, resume from the newest complete "
+        "one (the log names it); default: a damaged latest checkpoint is an error",
+    )
+    ckpt.add_argument(
         "--finetune",
         action="store_true",
         help="load only the model weights from --load; start at iteration 0 with a fresh "
@@ -125,6 +137,11 @@ def build_parser(prog: str = "pretrain_salt.py") -> argparse.ArgumentParser:
     )
 
     log = parser.add_argument_group("evaluation and logging")
+    log.add_argument(
+        "--debug",
+        action="store_true",
+        help="print the traceback of a failure, not just its one-line error (or SALT_DEBUG=1)",
+    )
     log.add_argument("--eval-interval", type=int, default=1000)
     log.add_argument("--eval-iters", type=int, default=100)
     log.add_argument("--log-interval", type=int, default=100)
@@ -156,6 +173,13 @@ def build_parser(prog: str = "pretrain_salt.py") -> argparse.ArgumentParser:
         "--kd-data-selection",
         default=None,
         help="'top:F' or 'range:LO:HI' on the SLM score quantiles of --kd-data-path",
+    )
+    kd.add_argument(
+        "--kd-data-selection-check",
+        choices=["quick", "full"],
+        default="quick",
+        help="how the scores are checked against each .bin: quick (size, sampled blocks, and "
+        "the whole-file hash if the .bin was rewritten since scoring) or full (always hash it)",
     )
     return parser
 
@@ -294,9 +318,9 @@ def _validate_kd_args(args: argparse.Namespace) -> None:
         from megatron_salt.selection.sidecar import StaleScoresError, load_scores
 
         Selection.parse(args.kd_data_selection)
-        for prefix in _blend_prefixes(args.kd_data_path):
+        for prefix in blend_prefixes(args.kd_data_path):
             try:
-                load_scores(prefix)
+                load_scores(prefix, bin_check=args.kd_data_selection_check)
             except StaleScoresError as err:
                 raise ValueError(f"--kd-data-selection: {err}") from None
 
@@ -305,7 +329,7 @@ def _check_data_prefixes(flag: str, blend: list[str]) -> None:
     """Megatron's blend list: 'P1 P2 ...' or 'W1 P1 W2 P2 ...'; every P needs .bin and .idx."""
     if len(blend) > 1 and len(blend) % 2 == 0 and not _is_weighted(blend):
         raise ValueError(f"{flag}: expected 'PREFIX' or 'WEIGHT PREFIX [WEIGHT PREFIX ...]'")
-    for prefix in _blend_prefixes(blend):
+    for prefix in blend_prefixes(blend):
         for suffix in (".bin", ".idx"):
             if not os.path.isfile(prefix + suffix):
                 raise ValueError(f"{flag}: {prefix}{suffix} does not exist")
@@ -362,7 +386,8 @@ def _is_weighted(blend: list[str]) -> bool:
     return len(blend) % 2 == 0 and all(_is_number(w) for w in blend[0::2])
 
 
-def _blend_prefixes(blend: list[str]) -> list[str]:
+def blend_prefixes(blend: list[str]) -> list[str]:
+    """The prefixes of a Megatron blend list ('P1 P2' or 'W1 P1 W2 P2')."""
     return list(blend[1::2]) if _is_weighted(blend) else list(blend)
 
 

@@ -6,6 +6,7 @@ Layout (Megatron-LM's, so its tooling recognises it)::
     {save}/iter_0000100/            dist_checkpointing files
     {save}/iter_0000100/model_config.json
     {save}/iter_0000100/run_args.json
+    {save}/iter_0000100/manifest.json   every file's size and blake2b, written last
 
 A checkpoint holds the student model, the optimizer, the LR scheduler, every
 rank's RNG states, the iteration and the data position (samples consumed on
@@ -17,6 +18,7 @@ from the previous complete checkpoint.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -29,52 +31,26 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+from torch.distributed.checkpoint.api import CheckpointException
 
+from megatron_salt.checkpoint_dir import (  # noqa: F401 - re-exported
+    TRACKER_FILE,
+    CheckpointError,
+    iteration_dir,
+    latest_iteration,
+    open_checkpoint,
+    reading_checkpoint,
+    resolve_checkpoint,
+    write_manifest,
+)
 from megatron_salt.compat.versions import write_legacy_common_state
 from megatron_salt.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
-TRACKER_FILE = "latest_checkpointed_iteration.txt"
 RUN_ARGS_FILE = "run_args.json"
 # Megatron-LM's default: parallel save/load, resharding only across data-parallel sizes.
 OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, incomplete, or does not fit this run."""
-
-
-def iteration_dir(root: str | Path, iteration: int) -> Path:
-    return Path(root) / f"iter_{iteration:07d}"
-
-
-def latest_iteration(root: str | Path) -> int | None:
-    tracker = Path(root) / TRACKER_FILE
-    if not tracker.is_file():
-        return None
-    text = tracker.read_text().strip()
-    if not text.isdigit():
-        raise CheckpointError(f"{tracker}: expected an iteration number, found {text!r}")
-    return int(text)
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint root (with a tracker file) or an ``iter_N`` directory -> the iter dir."""
-    path = Path(path)
-    if (path / "model_config.json").is_file():
-        return path
-    iteration = latest_iteration(path)
-    if iteration is None:
-        raise CheckpointError(
-            f"{path}: no {TRACKER_FILE} and no model_config.json: not a checkpoint"
-        )
-    ckpt = iteration_dir(path, iteration)
-    if not ckpt.is_dir():
-        raise CheckpointError(
-            f"{path}: {TRACKER_FILE} names iteration {iteration} but {ckpt} is missing"
-        )
-    return ckpt
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -154,29 +130,75 @@ def save_checkpoint(
         partial.mkdir()
     dist.barrier()
 
-    state = _sharded_state(model, optimizer, is_loading=False)
-    state["rng_state"] = _rng_sharded_object(_capture_rng())
-    state["opt_param_scheduler"] = scheduler.state_dict()
-    state["train_state"] = dict(train_state, layout=_layout())
-    dist_checkpointing.save(state, str(partial))
+    try:
+        state = _sharded_state(model, optimizer, is_loading=False)
+        state["rng_state"] = _rng_sharded_object(_capture_rng())
+        state["opt_param_scheduler"] = scheduler.state_dict()
+        state["train_state"] = dict(train_state, layout=_layout())
+        dist_checkpointing.save(state, str(partial))
 
-    if rank == 0:
-        write_legacy_common_state(partial)
-        model_cfg.save(partial)
-        (partial / RUN_ARGS_FILE).write_text(
-            json.dumps(run_args, indent=2, sort_keys=True, default=str)
-        )
-    dist.barrier()
+        if rank == 0:
+            write_legacy_common_state(partial)
+            model_cfg.save(partial)
+            (partial / RUN_ARGS_FILE).write_text(
+                json.dumps(run_args, indent=2, sort_keys=True, default=str)
+            )
+        dist.barrier()
+        write_manifest(partial, iteration)  # collective; the last file of the checkpoint
+        dist.barrier()
+    except (Exception, CheckpointException) as err:  # noqa: BLE001 - reported in one line
+        raise _save_failed(err, root, partial) from None
     if rank == 0:
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
         tracker = root / TRACKER_FILE
         tmp = tracker.with_suffix(".tmp")
-        tmp.write_text(f"{iteration}\n")
-        os.replace(tmp, tracker)
+        try:
+            tmp.write_text(f"{iteration}\n")
+            os.replace(tmp, tracker)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise CheckpointError(
+                f"{final} is complete but {tracker} could not be updated ({err.strerror}); "
+                f"pass --load {final} to resume from it"
+            ) from None
     dist.barrier()
     return final
+
+
+def _save_failed(err: BaseException, root: Path, partial: Path) -> CheckpointError:
+    """Remove the partial checkpoint and say what happened in one line (disk full above all)."""
+    text = str(err)
+    try:
+        free = shutil.disk_usage(partial if partial.exists() else root).free
+    except OSError:
+        free = -1
+    full = (
+        any(getattr(e, "errno", None) == errno.ENOSPC for e in _chain(err))
+        or "No space left on device" in text
+        or 0 <= free < 1 << 20  # torch's zip writer reports a short write as "unexpected pos"
+    )
+    if dist.get_rank() == 0:
+        shutil.rmtree(partial, ignore_errors=True)
+    previous = latest_iteration(root)
+    kept = (
+        f"the previous checkpoint {iteration_dir(root, previous)} is intact"
+        if previous is not None
+        else "no earlier checkpoint"
+    )
+    if full:
+        return CheckpointError(f"no space left on device writing {partial} ({kept})")
+    first = text.strip().splitlines()[-1] if text.strip() else type(err).__name__
+    return CheckpointError(f"cannot write {partial}: {first} ({kept})")
+
+
+def _chain(err: BaseException):
+    while err is not None:
+        yield err
+        if isinstance(err, CheckpointException) and err.failures:
+            yield from (failure[0] for failure in err.failures.values())
+        err = err.__cause__ or err.__context__
 
 
 def load_checkpoint(
@@ -188,15 +210,22 @@ def load_checkpoint(
     load_optimizer: bool = True,
     load_rng: bool = True,
 ) -> dict[str, Any]:
-    """Restore everything :func:`save_checkpoint` wrote; return its ``train_state``."""
+    """Restore everything :func:`save_checkpoint` wrote; return its ``train_state``.
+
+    ``root``: a checkpoint root or ``iter_N`` directory, already checked by
+    :func:`open_checkpoint` (the caller decides about verification and fallback).
+    """
     ckpt = resolve_checkpoint(root)
-    common = dist_checkpointing.load_common_state_dict(str(ckpt))
-    train_state = common["train_state"]
-    same_layout = train_state.get("layout") == _layout()
-    state = _sharded_state(model, optimizer if load_optimizer else None, is_loading=True)
-    if load_rng and same_layout:
-        state["rng_state"] = _rng_sharded_object()
-    loaded = dist_checkpointing.load(state, str(ckpt))
+    with reading_checkpoint(ckpt):
+        common = dist_checkpointing.load_common_state_dict(str(ckpt))
+        train_state = common.get("train_state") if isinstance(common, dict) else None
+        if not isinstance(train_state, dict) or "iteration" not in train_state:
+            raise CheckpointError(f"{ckpt}: not a pretrain_salt.py checkpoint (no train_state)")
+        same_layout = train_state.get("layout") == _layout()
+        state = _sharded_state(model, optimizer if load_optimizer else None, is_loading=True)
+        if load_rng and same_layout:
+            state["rng_state"] = _rng_sharded_object()
+        loaded = dist_checkpointing.load(state, str(ckpt))
     _unwrap(model).load_state_dict(loaded["model"])
     if load_optimizer:
         # no_grad: with fp32 params the distributed optimizer's main params are views

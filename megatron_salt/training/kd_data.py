@@ -8,16 +8,25 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 from megatron.core.datasets.gpt_dataset import GPTDataset
 from megatron.core.datasets.utils import get_blend_from_list
 
 from megatron_salt.config import KDConfig
-from megatron_salt.selection.dataset import SelectedGPTDataset, SelectedGPTDatasetConfig
+from megatron_salt.selection.dataset import (
+    NoSelectedDocumentError,
+    SelectedGPTDataset,
+    SelectedGPTDatasetConfig,
+)
 from megatron_salt.selection.rules import Selection
 from megatron_salt.selection.sidecar import load_scores
 from megatron_salt.training.data import DatasetTokenizer, build_datasets, gpt_dataset_config
 
 logger = logging.getLogger(__name__)
+
+
+class EmptySelectionError(ValueError):
+    """``--kd-data-selection`` keeps no document (of a prefix, or of its train split)."""
 
 
 def select_documents(prefixes: list[str], selection: Selection) -> dict[str, object]:
@@ -26,6 +35,12 @@ def select_documents(prefixes: list[str], selection: Selection) -> dict[str, obj
     for prefix in prefixes:
         scores, header = load_scores(prefix)
         selected[prefix] = keep = selection.select(scores)
+        if len(keep) == 0:
+            scored = int(np.isfinite(scores).sum())
+            raise EmptySelectionError(
+                f"{selection.text} keeps no document of {prefix} ({scored} of "
+                f"{len(scores)} documents have a score)"
+            )
         logger.info(
             "--kd-data-selection %s: %s keeps %d of %d documents (%d scored by %s, top-%d %s)",
             selection.text,
@@ -69,5 +84,8 @@ def build_kd_dataset(
         config_class=SelectedGPTDatasetConfig,
         selected_documents=select_documents(prefixes, Selection.parse(kd.data_selection)),
     )
-    train, _, _ = build_datasets(config, [num_samples, 0, 0], dataset_class=SelectedGPTDataset)
+    try:
+        train, _, _ = build_datasets(config, [num_samples, 0, 0], dataset_class=SelectedGPTDataset)
+    except NoSelectedDocumentError as err:
+        raise EmptySelectionError(f"{kd.data_selection}: {err} (--split {split})") from None
     return train

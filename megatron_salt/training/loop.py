@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import errno
 import logging
 import os
 import sys
+import traceback
 from typing import Any
 
 import torch
@@ -27,6 +29,12 @@ from megatron_salt.compat import (
     describe_backends,
     filter_upstream_noise,
     warn_if_untested,
+)
+from megatron_salt.errors import (
+    debug_requested,
+    exit_after_peer_failure,
+    peer_failed,
+    report_failure,
 )
 from megatron_salt.parallel import single_process_rendezvous
 from megatron_salt.training.arguments import FlagError, parse_args
@@ -85,8 +93,19 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
         pretrain(args)
     except FlagError as err:
-        print(err.code, file=sys.stderr)
+        if debug_requested(argv) and err.__context__ is not None:
+            traceback.print_exception(err.__context__)
+        report_failure(str(err.code))
         return 2
+    except OSError as err:
+        if err.errno != errno.ENOSPC or debug_requested(argv):
+            raise
+        report_failure(f"pretrain_salt.py: error: no space left on device writing {err.filename}")
+        return 2
+    except Exception as err:
+        if peer_failed(err) and not debug_requested(argv):
+            return exit_after_peer_failure(err, "pretrain_salt.py")
+        raise
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

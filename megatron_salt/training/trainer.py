@@ -27,6 +27,7 @@ from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
 from megatron_salt.compat import current_device as device
 from megatron_salt.config import ParallelConfig, PrecisionConfig
+from megatron_salt.data.token_range import max_token_id
 from megatron_salt.distill import kd_weight
 from megatron_salt.model import build_gpt_model, transformer_config
 from megatron_salt.monitor import MetricsLog, WandbLog, console_line, format_eta
@@ -35,6 +36,7 @@ from megatron_salt.tokenizer import TokenizerError, build_tokenizer
 from megatron_salt.training import checkpointing
 from megatron_salt.training.arguments import (
     FlagError,
+    blend_prefixes,
     kd_config_from_args,
     model_config_from_args,
     wandb_group,
@@ -47,7 +49,7 @@ from megatron_salt.training.data import (
     gpt_dataset_config,
     microbatches,
 )
-from megatron_salt.training.kd_data import build_kd_dataset
+from megatron_salt.training.kd_data import EmptySelectionError, build_kd_dataset
 from megatron_salt.training.step import ForwardStep, KDStepConfig, StepTimes, reduce_reports
 
 logger = logging.getLogger("megatron_salt")
@@ -104,6 +106,7 @@ class Trainer:
                     pipeline_model_parallel_size=self.kd.teacher_pipeline_model_parallel_size,
                     precision=self.precision,
                     micro_batch_size=args.micro_batch_size,
+                    verify=not args.no_ckpt_verify,
                 )
             except (CheckpointError, ValueError, FileNotFoundError) as err:
                 raise FlagError(
@@ -232,17 +235,34 @@ class Trainer:
         kd_steps = self.kd.iters if (self.kd.enabled and self.kd.data_path) else 0
         main_steps = args.train_iters - kd_steps
         eval_samples = args.eval_iters * gbs if args.eval_iters else 0
-        train, valid, _ = build_datasets(
-            gpt_dataset_config(data_path=args.data_path, split=args.split, **common),
-            [max(main_steps, 1) * gbs, eval_samples, 0],
-        )
-        self.datasets = {"train": train, "valid": valid}
-        needed = {"train": max(main_steps, 1) * gbs, "valid": eval_samples}
-        if kd_steps:
-            self.datasets["kd"] = build_kd_dataset(
-                self.kd, num_samples=kd_steps * gbs, split=args.split, **common
+        self._check_token_range(tokenizer.vocab_size, kd_data=bool(kd_steps))
+        try:
+            train, valid, _ = build_datasets(
+                gpt_dataset_config(data_path=args.data_path, split=args.split, **common),
+                [max(main_steps, 1) * gbs, eval_samples, 0],
             )
-            needed["kd"] = kd_steps * gbs
+            self.datasets = {"train": train, "valid": valid}
+            needed = {"train": max(main_steps, 1) * gbs, "valid": eval_samples}
+            if kd_steps:
+                self.datasets["kd"] = build_kd_dataset(
+                    self.kd, num_samples=kd_steps * gbs, split=args.split, **common
+                )
+                needed["kd"] = kd_steps * gbs
+        except EmptySelectionError as err:
+            raise FlagError(f"pretrain_salt.py: error: --kd-data-selection: {err}") from None
+        except Exception as err:  # Megatron-Core re-raises an OSError as a bare Exception
+            cause = err if isinstance(err, OSError) else err.__cause__
+            if not isinstance(cause, OSError):
+                raise
+            where = (
+                f"--data-cache-path {args.data_cache_path}"
+                if args.data_cache_path
+                else "--data-cache-path: the dataset index cache goes next to the data by default"
+            )
+            raise FlagError(
+                f"pretrain_salt.py: error: {where}, and {cause.filename} cannot be written "
+                f"({cause.strerror}); pass --data-cache-path DIR on a writable disk"
+            ) from None
         # Fail now, not hours in: e.g. an unweighted multi-prefix blend is built
         # for one epoch of each prefix only.
         for name, samples in needed.items():
@@ -255,6 +275,30 @@ class Trainer:
                     "more data, or fewer iterations)"
                 )
 
+    def _check_token_range(self, vocab_size: int, kd_data: bool) -> None:
+        """Every token id of the data must exist in the tokenizer (scanned once, cached)."""
+        from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+        args = self.args
+        flags = [("--data-path", args.data_path)]
+        if kd_data:
+            flags.append(("--kd-data-path", self.kd.data_path))
+        checks = [(flag, p) for flag, blend in flags for p in blend_prefixes(blend)]
+        # One rank scans (the first start-up reads each .bin once), every rank learns.
+        tops = torch.full((len(checks),), -1, dtype=torch.int64, device=device())
+        if dist.get_rank() == 0:
+            for i, (_, prefix) in enumerate(checks):
+                dtype = IndexedDataset(prefix, mmap=True).index.dtype
+                tops[i] = max_token_id(prefix, dtype, args.data_cache_path)
+        dist.broadcast(tops, src=0)
+        for (flag, prefix), top in zip(checks, tops.tolist(), strict=True):
+            if top >= vocab_size:
+                raise FlagError(
+                    f"pretrain_salt.py: error: {flag}: {prefix}.bin holds token id {top}, "
+                    f"but --tokenizer-model {args.tokenizer_model} has {vocab_size} tokens "
+                    "(was the data tokenized with another tokenizer?)"
+                )
+
     def _load(self) -> int | None:
         """Resume from ``--load`` (or take its weights, with ``--finetune``)."""
         args = self.args
@@ -264,8 +308,14 @@ class Trainer:
                     raise CheckpointError(f"{args.load} holds no checkpoint to finetune from")
                 logger.info("no checkpoint in %s yet: starting from scratch", args.load)
                 return None
-            state = checkpointing.load_checkpoint(
+            opened = checkpointing.open_checkpoint(
                 args.load,
+                verify=not args.no_ckpt_verify,
+                fallback=args.ckpt_load_fallback,
+                log=logger.warning,
+            )
+            state = checkpointing.load_checkpoint(
+                opened.path,
                 model=self.model,
                 optimizer=self.optimizer,
                 scheduler=self.scheduler,
@@ -499,7 +549,14 @@ class Trainer:
         elapsed = torch.tensor([self.train_time_s], dtype=torch.float64, device=device())
         dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
         self.train_time_s = elapsed.item()
-        path = checkpointing.save_checkpoint(
+        try:
+            path = self._save_checkpoint()
+        except CheckpointError as err:
+            raise FlagError(f"pretrain_salt.py: error: --save {self.args.save}: {err}") from None
+        logger.info("saved checkpoint %s in %.1fs", path, time.perf_counter() - start)
+
+    def _save_checkpoint(self):
+        return checkpointing.save_checkpoint(
             self.args.save,
             self.iteration,
             model=self.model,
@@ -519,7 +576,6 @@ class Trainer:
             ),
             run_args=vars(self.args),
         )
-        logger.info("saved checkpoint %s in %.1fs", path, time.perf_counter() - start)
 
     def close(self) -> None:
         if self.teacher is not None:
