@@ -43,11 +43,19 @@ class ModelConfig:
     max_position_embeddings: int | None = None
     make_vocab_size_divisible_by: int = 128
     position_embedding_type: str = "rope"
-    rotary_base: int = 10000
+    rotary_base: int | float = 10000
     rotary_percent: float = 1.0
+    # Llama 3.x frequency scaling (Megatron-Core's, with its fixed low/high frequency
+    # factors 1 and 4 and an original context of 8192 tokens).
+    rope_scaling: bool = False
+    rope_scaling_factor: float = 8.0
     normalization: str = "LayerNorm"
+    norm_epsilon: float = 1e-5
     swiglu: bool = False
     add_bias_linear: bool = True
+    add_qkv_bias: bool = False  # q/k/v biases alone (Qwen2), when add_bias_linear is off
+    # GPT-NeoX/Pythia: x + attn(ln1(x)) + mlp(ln2(x)) instead of two sequential residuals.
+    use_parallel_residual: bool = False
     untie_embeddings_and_output_weights: bool = False
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.1
@@ -81,7 +89,8 @@ class ModelConfig:
         groups = self.num_query_groups or self.num_attention_heads
         kv = 2 * h * groups // self.num_attention_heads
         bias = 1 if self.add_bias_linear else 0
-        attn = h * (h + kv) + bias * (h + kv) + h * h + bias * h
+        qkv_bias = 1 if (self.add_bias_linear or self.add_qkv_bias) else 0
+        attn = h * (h + kv) + qkv_bias * (h + kv) + h * h + bias * h
         mlp_in = (2 if self.swiglu else 1) * f
         mlp = h * mlp_in + bias * mlp_in + f * h + bias * h
         norm = 2 * h if self.normalization == "LayerNorm" else h  # weight (+ bias)

@@ -25,12 +25,12 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
 
+from megatron_salt.checkpoint import load_model_config, resolve_checkpoint
 from megatron_salt.compat import current_device
 from megatron_salt.config import ModelConfig, ParallelConfig, PrecisionConfig
 from megatron_salt.distill import check_vocab_compatible, teacher_logits_to_student_shard
 from megatron_salt.model import SaltGPTModel, build_gpt_model, transformer_config
 from megatron_salt.parallel import TeacherPlacement, build_teacher_placement
-from megatron_salt.training.checkpointing import resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class Teacher:
     ) -> Teacher:
         """Build the teacher's groups and load its weights (collective over all ranks)."""
         ckpt_dir = resolve_checkpoint(load_dir)
-        model_cfg = ModelConfig.load(ckpt_dir)
+        model_cfg = load_model_config(ckpt_dir)
         check_vocab_compatible(model_cfg.vocab_size, student_cfg.vocab_size)
         if model_cfg.seq_length < student_cfg.seq_length and (
             model_cfg.position_embedding_type == "learned_absolute"
@@ -186,6 +186,7 @@ def load_frozen_gpt(
     precision: PrecisionConfig,
     *,
     placement: TeacherPlacement | None = None,
+    use_te: bool | None = None,
 ) -> SaltGPTModel | None:
     """Build a GPTModel stage with a checkpoint's weights, frozen and in eval mode.
 
@@ -203,6 +204,7 @@ def load_frozen_gpt(
             pre_process=placement.is_first_stage if placement else True,
             post_process=placement.is_last_stage if placement else True,
             pg_collection=placement.pg_collection if placement else None,
+            use_te=use_te,
         )
         model.to(current_device())
     state = {"model": model.sharded_state_dict() if model is not None else {}}

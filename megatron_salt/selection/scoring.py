@@ -31,11 +31,11 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from megatron_salt.checkpoint import load_model_config, resolve_checkpoint
 from megatron_salt.compat import current_device
-from megatron_salt.config import ModelConfig, ParallelConfig, PrecisionConfig
+from megatron_salt.config import ParallelConfig, PrecisionConfig
 from megatron_salt.selection.sidecar import ScoreHeader, idx_fingerprint, write_scores
 from megatron_salt.teacher import load_frozen_gpt
-from megatron_salt.training.checkpointing import resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class SLMScorer:
         if top_k < 1:
             raise ValueError("--score-top-k must be >= 1")
         self.ckpt_dir = resolve_checkpoint(checkpoint)
-        self.model_cfg = ModelConfig.load(self.ckpt_dir)
+        self.model_cfg = load_model_config(self.ckpt_dir)
         self.top_k = top_k
         self.statistic = statistic
         self.seq_length = seq_length or self.model_cfg.seq_length

@@ -30,50 +30,20 @@ from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
+from megatron_salt.checkpoint import (  # noqa: F401 - re-exported for callers
+    TRACKER_FILE,
+    CheckpointError,
+    iteration_dir,
+    latest_iteration,
+    resolve_checkpoint,
+)
 from megatron_salt.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
-TRACKER_FILE = "latest_checkpointed_iteration.txt"
 RUN_ARGS_FILE = "run_args.json"
 # Megatron-LM's default: parallel save/load, resharding only across data-parallel sizes.
 OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, incomplete, or does not fit this run."""
-
-
-def iteration_dir(root: str | Path, iteration: int) -> Path:
-    return Path(root) / f"iter_{iteration:07d}"
-
-
-def latest_iteration(root: str | Path) -> int | None:
-    tracker = Path(root) / TRACKER_FILE
-    if not tracker.is_file():
-        return None
-    text = tracker.read_text().strip()
-    if not text.isdigit():
-        raise CheckpointError(f"{tracker}: expected an iteration number, found {text!r}")
-    return int(text)
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint root (with a tracker file) or an ``iter_N`` directory -> the iter dir."""
-    path = Path(path)
-    if (path / "model_config.json").is_file():
-        return path
-    iteration = latest_iteration(path)
-    if iteration is None:
-        raise CheckpointError(
-            f"{path}: no {TRACKER_FILE} and no model_config.json: not a checkpoint"
-        )
-    ckpt = iteration_dir(path, iteration)
-    if not ckpt.is_dir():
-        raise CheckpointError(
-            f"{path}: {TRACKER_FILE} names iteration {iteration} but {ckpt} is missing"
-        )
-    return ckpt
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -189,7 +159,19 @@ def load_checkpoint(
     """Restore everything :func:`save_checkpoint` wrote; return its ``train_state``."""
     ckpt = resolve_checkpoint(root)
     common = dist_checkpointing.load_common_state_dict(str(ckpt))
-    train_state = common["train_state"]
+    train_state = common.get("train_state")
+    if train_state is None:  # Megatron-LM's pretrain_gpt.py: weights are all we take
+        if load_optimizer:
+            raise CheckpointError(
+                f"{ckpt} was not written by pretrain_salt.py (Megatron-LM?): start from its "
+                "weights with --finetune"
+            )
+        train_state = {"iteration": common.get("iteration", 0)}
+    if load_optimizer and train_state.get("weights_only"):
+        raise CheckpointError(
+            f"{ckpt} holds model weights only ({train_state.get('imported_from', 'imported')}): "
+            "start from it with --finetune"
+        )
     same_layout = train_state.get("layout") == _layout()
     state = _sharded_state(model, optimizer if load_optimizer else None, is_loading=True)
     if load_rng and same_layout:
