@@ -53,8 +53,12 @@ CASES = {
 }  # fmt: skip
 VOCAB_ROWS = 136  # divisible by TP=2
 # Mistral without a sliding window is Llama; the others export as themselves.
-EXPORTED_AS = {"LlamaConfig": "LlamaForCausalLM", "MistralConfig": "LlamaForCausalLM",
-               "Qwen2Config": "Qwen2ForCausalLM", "GPTNeoXConfig": "GPTNeoXForCausalLM"}  # fmt: skip
+EXPORTED_AS = {
+    "LlamaConfig": "LlamaForCausalLM",
+    "MistralConfig": "LlamaForCausalLM",
+    "Qwen2Config": "Qwen2ForCausalLM",
+    "GPTNeoXConfig": "GPTNeoXForCausalLM",
+}
 
 
 def make_hf_model(directory: Path, config_class: str, kwargs: dict, seed: int = 0) -> None:
