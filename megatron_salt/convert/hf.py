@@ -34,7 +34,7 @@ from megatron_salt.convert.hf_config import (
     hf_config_kwargs,
     model_config_from_hf,
 )
-from megatron_salt.convert.hf_weights import IGNORED_HF_SUFFIXES, tensor_maps
+from megatron_salt.convert.hf_weights import HF_ALIASES, IGNORED_HF_SUFFIXES, tensor_maps
 from megatron_salt.convert.tokenizer_files import (
     TOKENIZER_DIR,
     checkpoint_tokenizer,
@@ -93,7 +93,13 @@ class HFTensorReader:
     def keys(self) -> set[str]:
         return set(self._where)
 
+    def resolve(self, name: str) -> str:
+        """``name``, or the alias this checkpoint stores it under."""
+        alias = HF_ALIASES.get(name)
+        return alias if name not in self._where and alias in self._where else name
+
     def get(self, name: str) -> torch.Tensor:
+        name = self.resolve(name)
         source = self._where.get(name)
         if source is None:
             raise ConversionError(f"{self.hf_dir}: tensor {name!r} is missing")
@@ -213,7 +219,7 @@ def import_hf(
                             f"{m.megatron} needs {tuple(target.shape)}"
                         )
                     target.copy_(value)
-                    used.update(m.hf)
+                    used.update(reader.resolve(name) for name in m.hf)
             if params:
                 raise ConversionError(f"internal: parameters not converted: {sorted(params)}")
             unused = sorted(k for k in reader.keys() - used if not k.endswith(IGNORED_HF_SUFFIXES))

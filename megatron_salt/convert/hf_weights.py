@@ -137,5 +137,8 @@ def tensor_maps(architecture: str, cfg: ModelConfig) -> list[TensorMap]:
     return llama_family_maps(cfg)
 
 
+# Names some writers use for the same tensor (transformers 5.x calls GPT-NeoX's head lm_head).
+HF_ALIASES = {"embed_out.weight": "lm_head.weight"}
+
 # HF tensors that carry no weights (rotary caches, causal-mask buffers of old checkpoints).
 IGNORED_HF_SUFFIXES = (".rotary_emb.inv_freq", ".attention.bias", ".attention.masked_bias")
