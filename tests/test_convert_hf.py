@@ -109,7 +109,7 @@ def converted(tmp_path_factory):
     return root, tokens, configs, refs
 
 
-def _teacher_logits(ckpts: list[str], tp: int, pp: int, tokens: torch.Tensor) -> list:
+def teacher_logits(ckpts: list[str], tp: int, pp: int, tokens: torch.Tensor) -> list:
     """Full-vocab logits [b, s, v] of each checkpoint through Teacher at TP x PP."""
     import torch.distributed as dist
     from megatron.core import parallel_state
@@ -119,23 +119,24 @@ def _teacher_logits(ckpts: list[str], tp: int, pp: int, tokens: torch.Tensor) ->
     from megatron_salt.config import PrecisionConfig
     from megatron_salt.teacher import Teacher
 
+    batch_size, seq = tokens.shape
     parallel_state.initialize_model_parallel(tp, pp)
     model_parallel_cuda_manual_seed(0)
     out = []
     for ckpt in ckpts:
-        cfg = dataclasses.replace(load_model_config(resolve_checkpoint(ckpt)), seq_length=SEQ)
+        cfg = dataclasses.replace(load_model_config(resolve_checkpoint(ckpt)), seq_length=seq)
         teacher = Teacher.from_checkpoint(
             ckpt,
             student_cfg=cfg,
             tensor_model_parallel_size=tp,
             pipeline_model_parallel_size=pp,
             precision=PrecisionConfig(),
-            micro_batch_size=BATCH,
+            micro_batch_size=batch_size,
         )
         batch = {
             "tokens": tokens,
             "labels": tokens,
-            "position_ids": torch.arange(SEQ).unsqueeze(0).expand(BATCH, -1),
+            "position_ids": torch.arange(seq).unsqueeze(0).expand(batch_size, -1),
         }
         logits = teacher.forward(batch)
         teacher.finish_step()
@@ -153,7 +154,7 @@ def _teacher_logits(ckpts: list[str], tp: int, pp: int, tokens: torch.Tensor) ->
 def test_imported_logits_match_transformers(converted, tp, pp):
     root, tokens, _, refs = converted
     ckpts = [str(root / name / "ckpt") for name in CASES]
-    per_rank = run_on_ranks(_teacher_logits, tp * pp, ckpts, tp, pp, tokens)
+    per_rank = run_on_ranks(teacher_logits, tp * pp, ckpts, tp, pp, tokens)
     got = per_rank[-1]  # the last rank holds the last stage
     for name, logits in zip(CASES, got, strict=True):
         diff = (logits - refs[name]).abs().max().item()
