@@ -291,3 +291,24 @@ def test_cli_import_and_export_roundtrip(converted, tmp_path):
     assert "Qwen2ForCausalLM" in result.stdout
     again = _cli("export-hf", "--load", str(tmp_path / "ckpt"), "--hf-dir", str(tmp_path / "hf"))
     assert again.returncode == 2 and "exists and is not empty" in again.stderr
+
+
+def _bf16_roundtrip(hf: str, out: str) -> None:
+    from megatron_salt.convert.hf import export_hf, import_hf
+
+    import_hf(hf, f"{out}/ckpt", dtype="bf16")
+    export_hf(f"{out}/ckpt", f"{out}/fp32", dtype="fp32")
+    export_hf(f"{out}/ckpt", f"{out}/bf16", dtype="bf16")
+
+
+def test_bf16_import_keeps_bf16_values(converted, tmp_path):
+    from safetensors.torch import load_file
+
+    root, *_ = converted
+    run_on_ranks(_bf16_roundtrip, 1, str(root / "llama_gqa_untied" / "hf"), str(tmp_path))
+    original = load_file(str(root / "llama_gqa_untied" / "hf" / "model.safetensors"))
+    as_fp32 = load_file(str(tmp_path / "fp32" / "model.safetensors"))
+    as_bf16 = load_file(str(tmp_path / "bf16" / "model.safetensors"))
+    for key, tensor in original.items():
+        assert torch.equal(as_bf16[key], tensor.bfloat16()), key
+        assert torch.equal(as_fp32[key], tensor.bfloat16().float()), key

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import stdlib_texts
-from salt_runs import REPO, records, salt_args
+from salt_runs import REPO, pretrain_on, records, salt_args
 
 transformers = pytest.importorskip("transformers")
 
@@ -175,3 +175,31 @@ def test_trained_student_exports_to_transformers(tiny_data, checkpoints, tmp_pat
         assert auto(text, add_special_tokens=False)["input_ids"] == ids
         assert ours_hf.encode(text) == ids
     assert auto.eos_token_id == sp.eod == ours_hf.eod
+
+
+def test_teacher_with_another_tokenizer_of_the_same_size_is_refused(
+    tiny_data, checkpoints, hf_teacher, tmp_path
+):
+    import sentencepiece as spm
+
+    from megatron_salt.convert.tokenizer_files import write_hf_tokenizer
+    from megatron_salt.testing import RankFailed
+
+    # Another BPE model with exactly the student's 320 ids, trained on other text.
+    text = tmp_path / "other.txt"
+    text.write_text("\n".join(t.upper() for t in stdlib_texts(max_bytes=300_000)))
+    spm.SentencePieceTrainer.train(
+        input=str(text), model_prefix=str(tmp_path / "other"), vocab_size=tiny_data.vocab_size,
+        model_type="bpe", unk_id=0, eos_id=1, bos_id=-1, pad_id=-1, minloglevel=2, num_threads=1,
+    )  # fmt: skip
+    _, ckpt = hf_teacher
+    other = tmp_path / "ckpt"
+    shutil.copytree(ckpt, other)
+    tokenizer_dir = other / "iter_0000000" / "tokenizer"
+    shutil.rmtree(tokenizer_dir)
+    write_hf_tokenizer("SentencePieceTokenizer", str(tmp_path / "other.model"), tokenizer_dir)
+    argv = salt_args(tiny_data, checkpoints, tmp_path / "run", "--train-iters", "1",
+                     "--kd-iters", "1")  # fmt: skip
+    argv[argv.index("--kd-teacher-load") + 1] = str(other)
+    with pytest.raises(RankFailed, match="encode the same text to different ids"):
+        pretrain_on(1, argv)

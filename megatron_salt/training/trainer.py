@@ -104,6 +104,7 @@ class Trainer:
                     pipeline_model_parallel_size=self.kd.teacher_pipeline_model_parallel_size,
                     precision=self.precision,
                     micro_batch_size=args.micro_batch_size,
+                    student_tokenizer=(args.tokenizer_type, args.tokenizer_model),
                 )
             except (CheckpointError, ValueError, FileNotFoundError) as err:
                 raise FlagError(
