@@ -1,9 +1,9 @@
 """Dataclass configs shared by training, the teacher and the tools.
 
-:class:`ModelConfig` is the architecture as a checkpoint records it. A SALT
-teacher is "any checkpoint written by pretrain_salt.py": its saved ModelConfig
-(``model_config.json`` inside the checkpoint) is all that is needed to rebuild
-it, at whatever tensor/pipeline sizes the student run asks for.
+:class:`ModelConfig` is the architecture as a checkpoint records it
+(``model_config.json``, written by pretrain_salt.py and by import-hf; for
+Megatron-LM checkpoints derived from their stored arguments): it is all that is
+needed to rebuild a teacher at whatever tensor/pipeline sizes the student run asks for.
 """
 
 from __future__ import annotations
