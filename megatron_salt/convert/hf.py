@@ -335,8 +335,10 @@ def export_hf(
             writer = ShardedSafetensorsWriter(partial, max_shard_bytes)
             for m in tensor_maps(architecture, model_cfg):
                 value = params.pop(m.megatron).detach().to(DTYPES[dtype])
+                # No copies: a pending shard holds the parameters themselves (the model
+                # is not changed while they wait) and the q/k/v, gate/up pieces.
                 for name, tensor in zip(m.hf, m.split(value), strict=True):
-                    writer.add(name, tensor.clone())
+                    writer.add(name, tensor)
             writer.close()
             del model, params
         _write_hf_config(model_cfg, architecture, padded, dtype, tokenizer, partial)

@@ -630,7 +630,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         block_bytes=max(1, int(args.block_size_mb * 2**20)),
     )
     if args.score_with is not None:
-        from megatron_salt.training.checkpointing import CheckpointError, resolve_checkpoint
+        from megatron_salt.checkpoint import CheckpointError, resolve_checkpoint
 
         try:  # before hours of tokenizing, not after
             resolve_checkpoint(args.score_with)
