@@ -271,6 +271,10 @@ def test_cli_refuses_unsupported_fields_in_one_line(tmp_path):
         (bad / "config.json").write_text(json.dumps({**raw, "hidden_act": "gelu", field: value}))
         with pytest.raises(ConversionError, match=field):
             read_hf_model(bad)
+    del raw["num_hidden_layers"]
+    (tmp_path / "raw_qk_norm" / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ConversionError, match="'num_hidden_layers'"):
+        read_hf_model(tmp_path / "raw_qk_norm")
     # The real CLI: one line, exit status 2, nothing written.
     result = _cli("import-hf", "--hf-dir", str(tmp_path / "sliding_window"),
                   "--save", str(tmp_path / "out"))  # fmt: skip

@@ -163,12 +163,23 @@ def read_hf_model(hf_dir: Path, max_seq_length: int | None = None) -> HFModel:
         cfg = json.loads(config_path.read_text())
     except json.JSONDecodeError as err:
         raise ConversionError(f"{config_path}: not JSON ({err})") from None
-    return model_config_from_hf(
-        cfg,
-        source=str(config_path),
-        tokenizer_vocab_size=hf_tokenizer_vocab_size(hf_dir),
-        max_seq_length=max_seq_length,
-    )
+    try:
+        tokenizer_vocab = hf_tokenizer_vocab_size(hf_dir)
+    except Exception as err:  # noqa: BLE001 - tokenizers raises plain Exceptions
+        raise ConversionError(f"{hf_dir}: cannot read the tokenizer ({err})") from None
+    try:
+        return model_config_from_hf(
+            cfg,
+            source=str(config_path),
+            tokenizer_vocab_size=tokenizer_vocab,
+            max_seq_length=max_seq_length,
+        )
+    except KeyError as err:
+        raise ConversionError(f"{config_path}: no {err.args[0]!r} field") from None
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ConversionError):
+            raise
+        raise ConversionError(f"{config_path}: {err}") from None
 
 
 def _fresh_output(path: Path) -> Path:
