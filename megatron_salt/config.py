@@ -29,6 +29,15 @@ def pad_vocab_size(vocab_size: int, divisible_by: int, tensor_parallel_size: int
     return int(math.ceil(vocab_size / multiple) * multiple)
 
 
+# What the weights mean: a checkpoint loads only into a model that agrees on all of these.
+ARCHITECTURE_FIELDS = (
+    "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+    "position_embedding_type", "rotary_percent", "rotary_base", "rope_scaling",
+    "rope_scaling_factor", "normalization", "norm_epsilon", "swiglu", "add_bias_linear",
+    "add_qkv_bias", "use_parallel_residual", "untie_embeddings_and_output_weights",
+)  # fmt: skip
+
+
 @dataclass
 class ModelConfig:
     """GPT architecture: everything needed to rebuild the model from a checkpoint."""
@@ -102,6 +111,21 @@ class ModelConfig:
             if self.position_embedding_type == "learned_absolute":
                 total += self.max_position_embeddings * h
         return total
+
+    def architecture_differences(self, other: ModelConfig) -> list[str]:
+        """``field=ours vs other`` for every architecture field the two disagree on."""
+        diffs = [
+            f"{name}={getattr(self, name)!r} vs {getattr(other, name)!r}"
+            for name in ARCHITECTURE_FIELDS
+            if getattr(self, name) != getattr(other, name)
+        ]
+        if self.position_embedding_type == other.position_embedding_type == "learned_absolute":
+            if self.max_position_embeddings != other.max_position_embeddings:
+                diffs.append(
+                    f"max_position_embeddings={self.max_position_embeddings} vs "
+                    f"{other.max_position_embeddings}"
+                )
+        return diffs
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -203,3 +203,31 @@ def test_teacher_with_another_tokenizer_of_the_same_size_is_refused(
     argv[argv.index("--kd-teacher-load") + 1] = str(other)
     with pytest.raises(RankFailed, match="encode the same text to different ids"):
         pretrain_on(1, argv)
+
+
+LLAMA_FLAGS = [
+    "--num-layers", "2", "--hidden-size", "48", "--ffn-hidden-size", "96",
+    "--num-attention-heads", "4", "--group-query-attention", "--num-query-groups", "2",
+    "--normalization", "RMSNorm", "--norm-epsilon", "1e-6", "--swiglu", "--disable-bias-linear",
+    "--untie-embeddings-and-output-weights",
+]  # fmt: skip
+
+
+def test_student_starts_from_an_imported_model_at_tp2(tiny_data, hf_teacher, tmp_path):
+    """--load --finetune of an import whose 336 rows are not Megatron's padding at TP=2 (512):
+    the student keeps the checkpoint's rows; flags describing another model are refused."""
+    from salt_runs import common_args
+
+    from megatron_salt.testing import RankFailed
+
+    _, ckpt = hf_teacher
+    run = tmp_path / "run"
+    argv = [*LLAMA_FLAGS, *common_args(tiny_data, run, "--train-iters", "1"),
+            "--load", str(ckpt), "--finetune", "--tensor-model-parallel-size", "2"]  # fmt: skip
+    summary = pretrain_on(2, argv)
+    assert summary["iteration"] == 1
+    saved = json.loads(next(run.glob("iter_*/model_config.json")).read_text())
+    assert saved["trained_padded_vocab_size"] == TEACHER_ROWS
+    wrong = [a for a in argv if a != "--untie-embeddings-and-output-weights"]
+    with pytest.raises(RankFailed, match="untie_embeddings_and_output_weights=False vs True"):
+        pretrain_on(1, [*wrong[: wrong.index("--tensor-model-parallel-size")]])

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from megatron_salt.checkpoint import TRACKER_FILE, iteration_dir
 from megatron_salt.config import ModelConfig, ParallelConfig, PrecisionConfig
 from megatron_salt.convert.errors import ConversionError
 from megatron_salt.convert.hf_config import (
@@ -45,7 +46,6 @@ from megatron_salt.convert.tokenizer_files import (
 
 logger = logging.getLogger(__name__)
 
-TRACKER_FILE = "latest_checkpointed_iteration.txt"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
 
@@ -239,7 +239,7 @@ def import_hf(
                 set(unused) <= tied_head and not hf.model_cfg.untie_embeddings_and_output_weights
             ):
                 raise ConversionError(f"{hf_dir}: tensors with no place in the model: {unused[:5]}")
-            ckpt = partial / "iter_0000000"
+            ckpt = iteration_dir(partial, 0)
             ckpt.mkdir()
             state = {
                 "model": model.sharded_state_dict(),
