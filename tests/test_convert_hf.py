@@ -168,6 +168,10 @@ def test_imported_config_and_layout(converted):
     assert by_name["llama_gqa_untied"]["rotary_base"] == 50000
     assert by_name["llama3_scaled_tied"]["rope_scaling"] is True
     assert by_name["llama3_scaled_tied"]["rope_scaling_factor"] == 32.0
+    # positions as config.json allows, the default scoring window capped
+    assert by_name["llama3_scaled_tied"]["max_position_embeddings"] == 16384
+    assert by_name["llama3_scaled_tied"]["seq_length"] == 4096
+    assert by_name["pythia"]["seq_length"] == 256
     assert not by_name["llama3_scaled_tied"]["untie_embeddings_and_output_weights"]
     assert by_name["qwen2_bias"]["add_qkv_bias"] and not by_name["qwen2_bias"]["add_bias_linear"]
     assert (

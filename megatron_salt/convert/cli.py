@@ -38,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--seq-length",
         type=int,
         default=None,
-        help="recorded training length (default scoring window); default: "
-        "max_position_embeddings",
+        help="recorded sequence length, score_data.py's default window; default: "
+        "max_position_embeddings, at most 4096",
     )
     exp = commands.add_parser(
         "export-hf",

@@ -25,6 +25,11 @@ LLAMA3_FIXED = {"low_freq_factor": 1.0, "high_freq_factor": 4.0,
                 "original_max_position_embeddings": 8192}  # fmt: skip
 
 
+# config.json records how far positions may go (131072 for Llama 3.2), not the length the
+# model trained on; seq_length is scoring's default window, so it is capped unless asked.
+DEFAULT_MAX_SEQ_LENGTH = 4096
+
+
 @dataclass(frozen=True)
 class HFModel:
     """What the converter needs to know about one HuggingFace checkpoint."""
@@ -100,7 +105,8 @@ def model_config_from_hf(
 
     ``tokenizer_vocab_size``: the ids the tokenizer produces (its true vocabulary);
     the embedding's extra rows become the padded vocabulary. ``max_seq_length`` caps
-    the recorded ``seq_length`` (the default scoring window), not the positions.
+    the recorded ``seq_length`` (the default scoring window; default
+    ``DEFAULT_MAX_SEQ_LENGTH``), not the positions.
     """
     archs = cfg.get("architectures") or []
     arch = archs[0] if archs else None
@@ -145,7 +151,7 @@ def model_config_from_hf(
         )
     theta, partial, scaling = _rope(cfg, source)
     positions = int(cfg.get("max_position_embeddings", 2048))
-    seq_length = min(positions, max_seq_length) if max_seq_length else positions
+    seq_length = min(positions, max_seq_length or DEFAULT_MAX_SEQ_LENGTH)
     common: dict[str, Any] = dict(
         num_layers=int(cfg["num_hidden_layers"]),
         hidden_size=hidden,
