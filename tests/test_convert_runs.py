@@ -147,8 +147,9 @@ def _megatron_logits(ckpt, tokens):
 def test_trained_student_exports_to_transformers(tiny_data, checkpoints, tmp_path):
     trained = checkpoints[0]  # 12 iterations of pretrain_salt.py (LayerNorm, GeLU, biases, tied)
     out = tmp_path / "hf"
+    (iteration,) = [int(p.name[5:]) for p in trained.glob("iter_*")]
     result = _run([str(REPO / "tools/convert_checkpoint.py"), "export-hf", "--load", str(trained),
-                   "--hf-dir", str(out)])  # fmt: skip
+                   "--iteration", str(iteration), "--hf-dir", str(out)])  # fmt: skip
     assert result.returncode == 0, result.stderr
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["GPTNeoXForCausalLM"]
