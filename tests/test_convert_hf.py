@@ -288,17 +288,19 @@ def test_cli_refuses_unsupported_fields_in_one_line(tmp_path):
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
-def test_cli_import_and_export_roundtrip(converted, tmp_path):
+def test_cli_refuses_to_overwrite(converted, tmp_path, capsys):
+    """CLI import-hf and export-hf succeed in tests/test_convert_runs.py; here the refusal."""
+    from megatron_salt.convert.cli import main
+
     root, *_ = converted
-    result = _cli("import-hf", "--hf-dir", str(root / "qwen2_bias" / "hf"),
-                  "--save", str(tmp_path / "ckpt"))  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert "wrote" in result.stdout
-    result = _cli("export-hf", "--load", str(tmp_path / "ckpt"), "--hf-dir", str(tmp_path / "hf"))
-    assert result.returncode == 0, result.stderr
-    assert "Qwen2ForCausalLM" in result.stdout
-    again = _cli("export-hf", "--load", str(tmp_path / "ckpt"), "--hf-dir", str(tmp_path / "hf"))
-    assert again.returncode == 2 and "exists and is not empty" in again.stderr
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["export-hf", "--load", str(root / "pythia" / "ckpt"), "--hf-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "exists and is not empty" in err
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert not (tmp_path / "hf.partial").exists()
 
 
 def _bf16_roundtrip(hf: str, out: str) -> None:
