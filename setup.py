@@ -33,9 +33,10 @@ setup(
     ],
     extras_require={
         "te": ["transformer-engine[pytorch]"],
-        "hf": ["tokenizers"],
+        # HuggingFace tokenizers, and checkpoints in and out (tools/convert_checkpoint.py).
+        "hf": ["tokenizers", "transformers>=5", "safetensors"],
         "plot": ["matplotlib"],
-        "dev": ["pytest", "ruff", "tokenizers", "matplotlib"],
+        "dev": ["pytest", "ruff", "tokenizers", "transformers>=5", "safetensors", "matplotlib"],
     },
     # The scripts in tools/ and pretrain_salt.py, installed as commands as well.
     entry_points={
@@ -44,6 +45,7 @@ setup(
             "salt-preprocess-pile=megatron_salt.data.preprocess:main",
             "salt-score-data=megatron_salt.selection.cli:score_main",
             "salt-select-data=megatron_salt.selection.cli:select_main",
+            "salt-convert-checkpoint=megatron_salt.convert.cli:main",
         ],
     },
 )

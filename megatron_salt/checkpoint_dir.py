@@ -2,9 +2,14 @@
 
 Layout (Megatron-LM's)::
 
-    {root}/latest_checkpointed_iteration.txt
+    {root}/latest_checkpointed_iteration.txt   an iteration number, or ``release``
     {root}/iter_0000100/            dist_checkpointing files, model_config.json,
                                     run_args.json, manifest.json (written last)
+
+Three writers share it: ``pretrain_salt.py`` and ``tools/convert_checkpoint.py
+import-hf`` (with ``model_config.json``), and Megatron-LM's ``pretrain_gpt.py``
+(``--ckpt-format torch_dist``), whose architecture is the ``args`` in its common
+state (:func:`load_model_config` reads either).
 
 ``manifest.json`` records every file's size and blake2b digest. Loading checks it
 (every rank hashes its share of the files), so a truncated, flipped or missing file
@@ -59,31 +64,51 @@ def iteration_dir(root: str | Path, iteration: int) -> Path:
     return Path(root) / f"iter_{iteration:07d}"
 
 
-def latest_iteration(root: str | Path) -> int | None:
+def read_tracker(root: str | Path) -> str | None:
+    """The tracker's content (an iteration, or Megatron-LM's ``release``); None without one."""
     tracker = Path(root) / TRACKER_FILE
     if not tracker.is_file():
         return None
     text = tracker.read_text().strip()
-    if not text.isdigit():
+    if not (text.isdigit() or text == "release"):
         raise CheckpointError(f"{tracker}: expected an iteration number, found {text!r}")
-    return int(text)
+    return text
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint root (with a tracker file) or an ``iter_N`` directory -> the iter dir."""
+def latest_iteration(root: str | Path) -> int | None:
+    text = read_tracker(root)
+    if text is None:
+        return None
+    return 0 if text == "release" else int(text)
+
+
+def _is_checkpoint_dir(path: Path) -> bool:
+    # model_config.json: ours and import-hf's; .metadata: any torch_dist checkpoint
+    # (Megatron-LM's pretrain_gpt.py writes no model config).
+    return (path / MODEL_CONFIG_FILE).is_file() or (path / METADATA_FILE).is_file()
+
+
+def resolve_checkpoint(path: str | Path, iteration: int | None = None) -> Path:
+    """A checkpoint root (with a tracker file) or an iteration directory -> the iteration dir.
+
+    ``iteration`` picks ``iter_N`` under a root instead of the tracker's latest.
+    """
     path = Path(path)
-    if (path / MODEL_CONFIG_FILE).is_file() or (path / METADATA_FILE).is_file():
-        return path
-    iteration = latest_iteration(path)
-    if iteration is None:
+    if iteration is not None:
+        ckpt = iteration_dir(path, iteration)
+        if not ckpt.is_dir():
+            raise CheckpointError(f"{path}: no iteration {iteration} ({ckpt} is missing)")
+        return ckpt
+    text = read_tracker(path)
+    if text is None:
+        if _is_checkpoint_dir(path):
+            return path
         raise CheckpointError(
-            f"{path}: no {TRACKER_FILE} and no {MODEL_CONFIG_FILE}: not a checkpoint"
+            f"{path}: no {TRACKER_FILE}, {MODEL_CONFIG_FILE} or {METADATA_FILE}: not a checkpoint"
         )
-    ckpt = iteration_dir(path, iteration)
+    ckpt = path / "release" if text == "release" else iteration_dir(path, int(text))
     if not ckpt.is_dir():
-        raise CheckpointError(
-            f"{path}: {TRACKER_FILE} names iteration {iteration} but {ckpt} is missing"
-        )
+        raise CheckpointError(f"{path}: {TRACKER_FILE} names {text} but {ckpt} is missing")
     return ckpt
 
 
@@ -98,8 +123,17 @@ def iterations_on_disk(root: str | Path) -> list[int]:
 
 
 def load_model_config(ckpt: Path) -> ModelConfig:
-    """The checkpoint's ``model_config.json``; any problem names the file."""
+    """The architecture of an iteration directory; any problem names the file.
+
+    ``model_config.json`` (pretrain_salt.py, import-hf), else the ``args`` Megatron-LM's
+    ``pretrain_gpt.py`` stores in the common state.
+    """
     path = ckpt / MODEL_CONFIG_FILE
+    if not path.is_file() and (ckpt / METADATA_FILE).is_file():
+        from megatron_salt.convert.megatron_lm import model_config_from_megatron_lm
+
+        apply_safe_checkpoint_loading()  # the args are unpickled from the common state
+        return model_config_from_megatron_lm(ckpt)
     try:
         return ModelConfig.load(ckpt)
     except (OSError, ValueError, TypeError) as err:
@@ -323,6 +357,7 @@ def open_checkpoint(
     *,
     verify: bool = True,
     fallback: bool = False,
+    iteration: int | None = None,
     log: Callable[[str], None] = logger.info,
 ) -> OpenedCheckpoint:
     """Resolve, verify and structurally check a checkpoint before anything is unpickled.
@@ -332,7 +367,7 @@ def open_checkpoint(
     is initialised (the manifest check).
     """
     apply_safe_checkpoint_loading()
-    ckpt = resolve_checkpoint(path)
+    ckpt = resolve_checkpoint(path, iteration)
     try:
         return _open(ckpt, verify, log)
     except CheckpointError as err:

@@ -1,9 +1,9 @@
 """Dataclass configs shared by training, the teacher and the tools.
 
-:class:`ModelConfig` is the architecture as a checkpoint records it. A SALT
-teacher is "any checkpoint written by pretrain_salt.py": its saved ModelConfig
-(``model_config.json`` inside the checkpoint) is all that is needed to rebuild
-it, at whatever tensor/pipeline sizes the student run asks for.
+:class:`ModelConfig` is the architecture as a checkpoint records it
+(``model_config.json``, written by pretrain_salt.py and by import-hf; for
+Megatron-LM checkpoints derived from their stored arguments): it is all that is
+needed to rebuild a teacher at whatever tensor/pipeline sizes the student run asks for.
 """
 
 from __future__ import annotations
@@ -29,6 +29,15 @@ def pad_vocab_size(vocab_size: int, divisible_by: int, tensor_parallel_size: int
     return int(math.ceil(vocab_size / multiple) * multiple)
 
 
+# What the weights mean: a checkpoint loads only into a model that agrees on all of these.
+ARCHITECTURE_FIELDS = (
+    "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+    "position_embedding_type", "rotary_percent", "rotary_base", "rope_scaling",
+    "rope_scaling_factor", "normalization", "norm_epsilon", "swiglu", "add_bias_linear",
+    "add_qkv_bias", "use_parallel_residual", "untie_embeddings_and_output_weights",
+)  # fmt: skip
+
+
 @dataclass
 class ModelConfig:
     """GPT architecture: everything needed to rebuild the model from a checkpoint."""
@@ -43,11 +52,19 @@ class ModelConfig:
     max_position_embeddings: int | None = None
     make_vocab_size_divisible_by: int = 128
     position_embedding_type: str = "rope"
-    rotary_base: int = 10000
+    rotary_base: int | float = 10000
     rotary_percent: float = 1.0
+    # Llama 3.x frequency scaling (Megatron-Core's, with its fixed low/high frequency
+    # factors 1 and 4 and an original context of 8192 tokens).
+    rope_scaling: bool = False
+    rope_scaling_factor: float = 8.0
     normalization: str = "LayerNorm"
+    norm_epsilon: float = 1e-5
     swiglu: bool = False
     add_bias_linear: bool = True
+    add_qkv_bias: bool = False  # q/k/v biases alone (Qwen2), when add_bias_linear is off
+    # GPT-NeoX/Pythia: x + attn(ln1(x)) + mlp(ln2(x)) instead of two sequential residuals.
+    use_parallel_residual: bool = False
     untie_embeddings_and_output_weights: bool = False
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.1
@@ -81,7 +98,8 @@ class ModelConfig:
         groups = self.num_query_groups or self.num_attention_heads
         kv = 2 * h * groups // self.num_attention_heads
         bias = 1 if self.add_bias_linear else 0
-        attn = h * (h + kv) + bias * (h + kv) + h * h + bias * h
+        qkv_bias = 1 if (self.add_bias_linear or self.add_qkv_bias) else 0
+        attn = h * (h + kv) + qkv_bias * (h + kv) + h * h + bias * h
         mlp_in = (2 if self.swiglu else 1) * f
         mlp = h * mlp_in + bias * mlp_in + f * h + bias * h
         norm = 2 * h if self.normalization == "LayerNorm" else h  # weight (+ bias)
@@ -93,6 +111,21 @@ class ModelConfig:
             if self.position_embedding_type == "learned_absolute":
                 total += self.max_position_embeddings * h
         return total
+
+    def architecture_differences(self, other: ModelConfig) -> list[str]:
+        """``field=ours vs other`` for every architecture field the two disagree on."""
+        diffs = [
+            f"{name}={getattr(self, name)!r} vs {getattr(other, name)!r}"
+            for name in ARCHITECTURE_FIELDS
+            if getattr(self, name) != getattr(other, name)
+        ]
+        if self.position_embedding_type == other.position_embedding_type == "learned_absolute":
+            if self.max_position_embeddings != other.max_position_embeddings:
+                diffs.append(
+                    f"max_position_embeddings={self.max_position_embeddings} vs "
+                    f"{other.max_position_embeddings}"
+                )
+        return diffs
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -13,6 +13,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_salt.compat import have_fused_softmax_kernels, have_transformer_engine
 from megatron_salt.config import ModelConfig, ParallelConfig, PrecisionConfig
+from megatron_salt.layers import parallel_residual_spec
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +43,12 @@ def layer_spec(model_cfg: ModelConfig, use_te: bool | None = None) -> ModuleSpec
     if use_te is None:
         use_te = have_transformer_engine()
     if use_te:
-        return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
-    return gpt_layer_specs.get_gpt_layer_local_spec(normalization=model_cfg.normalization)
+        spec = gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
+    else:
+        spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization=model_cfg.normalization)
+    if model_cfg.use_parallel_residual:
+        spec = parallel_residual_spec(spec)
+    return spec
 
 
 def transformer_config(
@@ -68,7 +73,9 @@ def transformer_config(
         attention_dropout=model_cfg.attention_dropout,
         init_method_std=model_cfg.init_method_std,
         normalization=model_cfg.normalization,
+        layernorm_epsilon=model_cfg.norm_epsilon,
         add_bias_linear=model_cfg.add_bias_linear,
+        add_qkv_bias=model_cfg.add_qkv_bias,
         tensor_model_parallel_size=parallel.tensor_model_parallel_size,
         pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
         # Megatron-Core 0.16's default ("full") warns as deprecated; [] is the same scope.
@@ -116,6 +123,8 @@ def build_gpt_model(
         position_embedding_type=model_cfg.position_embedding_type,
         rotary_percent=model_cfg.rotary_percent,
         rotary_base=model_cfg.rotary_base,
+        rope_scaling=model_cfg.rope_scaling,
+        rope_scaling_factor=model_cfg.rope_scaling_factor,
         pg_collection=pg_collection,
     )
     if config.bf16:

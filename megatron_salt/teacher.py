@@ -1,8 +1,10 @@
 """The SLM teacher: a frozen GPTModel co-located with the student in its own groups.
 
-The teacher is any checkpoint written by ``pretrain_salt.py``; its saved
-:class:`ModelConfig` defines the architecture, and Megatron's dist_checkpointing
-reshards it to the teacher's own TP/PP sizes at load time.
+The teacher is a checkpoint written by ``pretrain_salt.py``, imported from
+HuggingFace by ``tools/convert_checkpoint.py``, or written by Megatron-LM; its
+:class:`ModelConfig` (saved, or read from Megatron-LM's stored arguments) defines
+the architecture, and Megatron's dist_checkpointing reshards it to the teacher's
+own TP/PP sizes at load time.
 
 It runs *just in time*: inside the student's ``forward_step`` for micro-batch
 ``m`` on student stage ``j``, the teacher runs its stage ``j`` on the same
@@ -28,9 +30,11 @@ from megatron.core import dist_checkpointing, parallel_state
 from megatron_salt.checkpoint_dir import load_model_config, open_checkpoint, reading_checkpoint
 from megatron_salt.compat import current_device
 from megatron_salt.config import ModelConfig, ParallelConfig, PrecisionConfig
+from megatron_salt.convert.tokenizer_files import checkpoint_tokenizer
 from megatron_salt.distill import check_vocab_compatible, teacher_logits_to_student_shard
 from megatron_salt.model import SaltGPTModel, build_gpt_model, transformer_config
 from megatron_salt.parallel import TeacherPlacement, build_teacher_placement
+from megatron_salt.tokenizer import TokenizerError, build_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -68,14 +72,18 @@ class Teacher:
         precision: PrecisionConfig,
         micro_batch_size: int,
         verify: bool = True,
+        student_tokenizer: tuple[str, str] | None = None,
     ) -> Teacher:
         """Build the teacher's groups and load its weights (collective over all ranks).
 
         ``verify``: check the checkpoint's files against its manifest first.
+        ``student_tokenizer``: ``(tokenizer_type, tokenizer_model)`` of the student, checked
+        against the tokenizer the teacher's checkpoint names, when it names one.
         """
         ckpt_dir = open_checkpoint(load_dir, verify=verify, log=logger.warning).path
         model_cfg = load_model_config(ckpt_dir)
         check_vocab_compatible(model_cfg.vocab_size, student_cfg.vocab_size)
+        check_same_tokenizer(ckpt_dir, student_tokenizer)
         if model_cfg.seq_length < student_cfg.seq_length and (
             model_cfg.position_embedding_type == "learned_absolute"
         ):
@@ -183,6 +191,38 @@ class Teacher:
         return freed
 
 
+# Words, digits, punctuation, accents, CJK, code: where tokenizers of one size still differ.
+TOKENIZER_PROBE = (
+    "SALT: A Little Help Goes a Long Way (2024), naïve café, 東京, 1234567.\n"
+    "def f(x):\n    return x ** 2  # ok\n"
+)
+
+
+def check_same_tokenizer(ckpt_dir: Path, student_tokenizer: tuple[str, str] | None) -> None:
+    """Refuse a teacher whose tokenizer encodes text differently from the student's.
+
+    Equal vocabulary sizes are necessary, not sufficient: two BPE models of one size
+    assign different ids. Only checked when the checkpoint names a tokenizer (its
+    ``tokenizer/`` directory from import-hf, or ``run_args.json``) that exists here.
+    """
+    found = checkpoint_tokenizer(ckpt_dir)
+    if student_tokenizer is None or found is None:
+        return
+    if Path(found[1]).resolve() == Path(student_tokenizer[1]).resolve():
+        return
+    try:
+        teacher_ids = build_tokenizer(*found).encode(TOKENIZER_PROBE)
+    except TokenizerError as err:  # e.g. no EOS we can identify: not ours to judge
+        logger.warning("teacher tokenizer %s not compared with the student's: %s", found[1], err)
+        return
+    student_ids = build_tokenizer(*student_tokenizer).encode(TOKENIZER_PROBE)
+    if teacher_ids != student_ids:
+        raise ValueError(
+            f"the teacher's tokenizer {found[1]} and the student's {student_tokenizer[1]} "
+            "encode the same text to different ids: token-level KD needs one tokenizer"
+        )
+
+
 def load_frozen_gpt(
     ckpt_dir: Path,
     model_cfg: ModelConfig,
@@ -190,6 +230,7 @@ def load_frozen_gpt(
     precision: PrecisionConfig,
     *,
     placement: TeacherPlacement | None = None,
+    use_te: bool | None = None,
 ) -> SaltGPTModel | None:
     """Build a GPTModel stage with a checkpoint's weights, frozen and in eval mode.
 
@@ -207,6 +248,7 @@ def load_frozen_gpt(
             pre_process=placement.is_first_stage if placement else True,
             post_process=placement.is_last_stage if placement else True,
             pg_collection=placement.pg_collection if placement else None,
+            use_te=use_te,
         )
         model.to(current_device())
     state = {"model": model.sharded_state_dict() if model is not None else {}}

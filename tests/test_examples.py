@@ -225,3 +225,45 @@ def test_slurm_launcher_requeues_and_rendezvous(paths, tmp_path):
     assert launch.nnodes == "2" and launch.rdzv_id == "4242"
     assert launch.rdzv_endpoint == f"gpu-node-017:{20000 + 4242 % 20000}"
     assert "--load" in launch.training_script_args
+
+
+# Pythia's config.json values (EleutherAI/pythia-2.8b and pythia-1.4b, 4.x key names).
+PYTHIA = {
+    "pythia-2.8b": dict(num_hidden_layers=32, hidden_size=2560, num_attention_heads=32,
+                        intermediate_size=10240),
+    "pythia-1.4b": dict(num_hidden_layers=24, hidden_size=2048, num_attention_heads=16,
+                        intermediate_size=8192),
+}  # fmt: skip
+PYTHIA_COMMON = dict(
+    architectures=["GPTNeoXForCausalLM"], hidden_act="gelu", rotary_pct=0.25,
+    rotary_emb_base=10000, max_position_embeddings=2048, vocab_size=50304,
+    use_parallel_residual=True, layer_norm_eps=1e-5, tie_word_embeddings=False,
+)  # fmt: skip
+ARCHITECTURE_FIELDS = (
+    "num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "num_query_groups",
+    "position_embedding_type", "rotary_base", "rotary_percent", "rope_scaling", "normalization",
+    "norm_epsilon", "swiglu", "add_bias_linear", "add_qkv_bias", "use_parallel_residual",
+    "untie_embeddings_and_output_weights", "vocab_size",
+)  # fmt: skip
+
+
+def test_student_is_pythia_2p8b_and_pythia_is_a_drop_in_teacher(paths):
+    """The recipe's student is exactly what import-hf makes of Pythia-2.8B's config.json,
+    and an imported Pythia-1.4B shares the student's conventions, tokenizer and padding."""
+    from megatron_salt.convert.hf_config import model_config_from_hf
+    from megatron_salt.training.arguments import model_config_from_args
+
+    neox_vocab = 50277
+    student = model_config_from_args(
+        build_parser().parse_args(train_args("baseline", paths)), neox_vocab
+    )
+    for name, shape in PYTHIA.items():
+        pythia = model_config_from_hf(
+            {**PYTHIA_COMMON, **shape}, source=name, tokenizer_vocab_size=neox_vocab
+        ).model_cfg
+        if name == "pythia-2.8b":
+            for field in ARCHITECTURE_FIELDS:
+                assert getattr(student, field) == getattr(pythia, field), field
+        assert pythia.padded_vocab_size(1) == student.padded_vocab_size(1) == 50304
+        for field in ARCHITECTURE_FIELDS[5:]:
+            assert getattr(student, field) == getattr(pythia, field), (name, field)

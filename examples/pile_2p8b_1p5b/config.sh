@@ -20,18 +20,24 @@ TOKENIZER_JSON="${TOKENIZER_JSON:-/data/pile/gpt-neox-20b/tokenizer.json}"
 CKPT_ROOT="${CKPT_ROOT:-/checkpoints/salt_pile_2p8b_1p5b}"
 # GPTDataset index cache. Rank 0 builds it, the other ranks read it: keep it shared.
 DATA_CACHE_DIR="${DATA_CACHE_DIR:-$CKPT_ROOT/gpt_dataset_cache}"
+# The SLM: our own 1.5B (MODE=teacher writes it here), or a public Pythia imported with
+# tools/convert_checkpoint.py import-hf (README, step 2b).
 TEACHER_CKPT="${TEACHER_CKPT:-$CKPT_ROOT/teacher_1p5b}"
 
 # --- model shapes ---------------------------------------------------------------
-# Shared by student and teacher: GPT-NeoX/Pythia conventions where Megatron-Core's
-# GPTModel has them (LayerNorm, biases, GeLU, untied input/output embeddings),
-# RoPE on all head dimensions, no dropout (Pythia trained without it).
+# Shared by student and teacher: GPT-NeoX/Pythia's architecture (LayerNorm with
+# biases, GeLU, untied input/output embeddings, parallel attention/MLP residual,
+# RoPE on a quarter of each head's dimensions), no dropout (Pythia trained without it).
+# A public Pythia, imported with tools/convert_checkpoint.py, is a drop-in teacher.
 SEQ_LENGTH="${SEQ_LENGTH:-2048}"
 COMMON_MODEL_ARGS=(
     --seq-length "$SEQ_LENGTH"
     --max-position-embeddings "$SEQ_LENGTH"
     --position-embedding-type rope
+    --rotary-percent 0.25
+    --use-parallel-residual
     --normalization LayerNorm
+    --norm-epsilon 1e-5
     --untie-embeddings-and-output-weights
     --hidden-dropout 0.0
     --attention-dropout 0.0
@@ -39,7 +45,7 @@ COMMON_MODEL_ARGS=(
     --make-vocab-size-divisible-by 128
 )
 
-# Student, Pythia-2.8B shape: 2,775,208,960 parameters at TP=1 (vocab padded to 50304).
+# Student, Pythia-2.8B's architecture: 2,775,208,960 parameters at TP=1 (vocab padded to 50304).
 STUDENT_MODEL_ARGS=(
     --num-layers 32
     --hidden-size 2560

@@ -633,7 +633,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--score-with",
         metavar="SLM_CHECKPOINT",
         default=None,
-        help="after writing, score every document with this pretrain_salt.py checkpoint and "
+        help="after writing, score every document with this SLM checkpoint (pretrain_salt.py's, "
+        "import-hf's or Megatron-LM's) and "
         "write {prefix}.salt_scores.npy/.json (see tools/score_data.py)",
     )
     from megatron_salt.selection.cli import add_scoring_flags

@@ -116,7 +116,11 @@ def score_main(argv: Sequence[str] | None = None) -> int:
         "writes {prefix}.salt_scores.npy/.json. Run with torchrun for data parallelism.",
         allow_abbrev=False,
     )
-    parser.add_argument("--load", required=True, help="SLM checkpoint written by pretrain_salt.py")
+    parser.add_argument(
+        "--load",
+        required=True,
+        help="SLM checkpoint: pretrain_salt.py's, import-hf's or Megatron-LM's (torch_dist)",
+    )
     parser.add_argument("--data-path", nargs="+", required=True, help=".bin/.idx prefixes")
     add_scoring_flags(parser)
     parser.add_argument("--tensor-model-parallel-size", type=int, default=1)

@@ -45,9 +45,20 @@ def build_parser(prog: str = "pretrain_salt.py") -> argparse.ArgumentParser:
     )
     model.add_argument("--rotary-base", type=int, default=10000)
     model.add_argument("--rotary-percent", type=float, default=1.0)
+    model.add_argument(
+        "--use-rope-scaling", action="store_true", help="Llama 3.x rope frequency scaling"
+    )
+    model.add_argument("--rope-scaling-factor", type=float, default=8.0)
     model.add_argument("--normalization", choices=["LayerNorm", "RMSNorm"], default="LayerNorm")
+    model.add_argument("--norm-epsilon", type=float, default=1e-5)
     model.add_argument("--swiglu", action="store_true")
     model.add_argument("--disable-bias-linear", action="store_true")
+    model.add_argument("--add-qkv-bias", action="store_true", help="q/k/v biases (Qwen2)")
+    model.add_argument(
+        "--use-parallel-residual",
+        action="store_true",
+        help="GPT-NeoX/Pythia layers: x + attn(ln1(x)) + mlp(ln2(x))",
+    )
     model.add_argument("--untie-embeddings-and-output-weights", action="store_true")
     model.add_argument("--hidden-dropout", type=float, default=0.1)
     model.add_argument("--attention-dropout", type=float, default=0.1)
@@ -159,7 +170,8 @@ def build_parser(prog: str = "pretrain_salt.py") -> argparse.ArgumentParser:
     kd.add_argument(
         "--kd-teacher-load",
         default=None,
-        help="checkpoint written by pretrain_salt.py; its model_config.json defines the teacher",
+        help="the SLM: a pretrain_salt.py checkpoint, one made by tools/convert_checkpoint.py "
+        "import-hf, or a Megatron-LM torch_dist checkpoint",
     )
     kd.add_argument("--kd-teacher-tensor-model-parallel-size", type=int, default=None)
     kd.add_argument("--kd-teacher-pipeline-model-parallel-size", type=int, default=1)
@@ -349,9 +361,14 @@ def model_config_from_args(args: argparse.Namespace, vocab_size: int) -> ModelCo
         position_embedding_type=args.position_embedding_type,
         rotary_base=args.rotary_base,
         rotary_percent=args.rotary_percent,
+        rope_scaling=args.use_rope_scaling,
+        rope_scaling_factor=args.rope_scaling_factor,
         normalization=args.normalization,
+        norm_epsilon=args.norm_epsilon,
         swiglu=args.swiglu,
         add_bias_linear=not args.disable_bias_linear,
+        add_qkv_bias=args.add_qkv_bias,
+        use_parallel_residual=args.use_parallel_residual,
         untie_embeddings_and_output_weights=args.untie_embeddings_and_output_weights,
         hidden_dropout=args.hidden_dropout,
         attention_dropout=args.attention_dropout,

@@ -219,8 +219,21 @@ def load_checkpoint(
     with reading_checkpoint(ckpt):
         common = dist_checkpointing.load_common_state_dict(str(ckpt))
         train_state = common.get("train_state") if isinstance(common, dict) else None
+        if train_state is None and isinstance(common, dict) and "args" in common:
+            # Megatron-LM's pretrain_gpt.py: weights are all we take
+            if load_optimizer:
+                raise CheckpointError(
+                    f"{ckpt} was not written by pretrain_salt.py (Megatron-LM?): start from its "
+                    "weights with --finetune"
+                )
+            train_state = {"iteration": common.get("iteration", 0)}
         if not isinstance(train_state, dict) or "iteration" not in train_state:
             raise CheckpointError(f"{ckpt}: not a pretrain_salt.py checkpoint (no train_state)")
+        if load_optimizer and train_state.get("weights_only"):
+            raise CheckpointError(
+                f"{ckpt} holds model weights only "
+                f"({train_state.get('imported_from', 'imported')}): start from it with --finetune"
+            )
         same_layout = train_state.get("layout") == _layout()
         state = _sharded_state(model, optimizer if load_optimizer else None, is_loading=True)
         if load_rng and same_layout:

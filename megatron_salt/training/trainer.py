@@ -25,10 +25,11 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
+from megatron_salt.checkpoint_dir import load_model_config
 from megatron_salt.compat import current_device as device
-from megatron_salt.config import ParallelConfig, PrecisionConfig
+from megatron_salt.config import ModelConfig, ParallelConfig, PrecisionConfig
 from megatron_salt.data.token_range import max_token_id
-from megatron_salt.distill import kd_weight
+from megatron_salt.distill import check_vocab_compatible, kd_weight
 from megatron_salt.model import build_gpt_model, transformer_config
 from megatron_salt.monitor import MetricsLog, WandbLog, console_line, format_eta
 from megatron_salt.teacher import Teacher
@@ -83,6 +84,8 @@ class Trainer:
         except TokenizerError as err:
             raise FlagError(f"pretrain_salt.py: error: {err}") from None
         self.model_cfg = model_config_from_args(args, tokenizer.vocab_size)
+        if args.load:
+            self.model_cfg = self._agree_with_checkpoint(self.model_cfg)
         self.precision = PrecisionConfig(
             bf16=args.bf16, fp8_format=args.fp8_format, fp8_recipe=args.fp8_recipe
         )
@@ -107,6 +110,7 @@ class Trainer:
                     precision=self.precision,
                     micro_batch_size=args.micro_batch_size,
                     verify=not args.no_ckpt_verify,
+                    student_tokenizer=(args.tokenizer_type, args.tokenizer_model),
                 )
             except (CheckpointError, ValueError, FileNotFoundError) as err:
                 raise FlagError(
@@ -160,6 +164,36 @@ class Trainer:
         }
 
     # --- construction -------------------------------------------------------
+
+    def _agree_with_checkpoint(self, cfg: ModelConfig) -> ModelConfig:
+        """Check the flags against ``--load``'s architecture; take its padded vocabulary.
+
+        The embedding keeps the rows it was trained (or imported) with, so a run at
+        another TP, or one starting from a HuggingFace or Megatron-LM checkpoint whose
+        padding is not Megatron's for these flags, still loads it.
+        """
+        args = self.args
+        try:
+            ckpt = checkpointing.resolve_checkpoint(args.load)
+        except CheckpointError:
+            return cfg  # nothing there yet: _load starts from scratch or says why not
+        try:
+            saved = load_model_config(ckpt)
+            differences = cfg.architecture_differences(saved)
+            if differences:
+                raise ValueError(
+                    f"the flags describe another model than the checkpoint's (flags vs "
+                    f"checkpoint): {'; '.join(differences)}"
+                )
+            check_vocab_compatible(saved.vocab_size, cfg.vocab_size)
+            if saved.trained_padded_vocab_size is not None:
+                cfg = dataclasses.replace(
+                    cfg, trained_padded_vocab_size=saved.trained_padded_vocab_size
+                )
+                cfg.padded_vocab_size(args.tensor_model_parallel_size)  # divisible?
+        except (ValueError, FileNotFoundError) as err:
+            raise FlagError(f"pretrain_salt.py: error: --load {ckpt}: {err}") from None
+        return cfg
 
     def _build_student(self) -> None:
         args = self.args

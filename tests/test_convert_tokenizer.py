@@ -1,0 +1,35 @@
+"""The demo's tokenizer (a unigram sentencepiece model from our trainer, byte fallback,
+identity normalisation) exported for transformers: the same ids on the demo corpus."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest_plugins = ("salt_data_fixtures",)
+
+
+def test_exported_demo_tokenizer_gives_our_ids_on_the_corpus(spm_model, corpus_documents, tmp_path):
+    from transformers import AutoTokenizer
+
+    from megatron_salt.convert.tokenizer_files import write_hf_tokenizer
+    from megatron_salt.tokenizer import HuggingFaceTokenizer, build_tokenizer
+
+    write_hf_tokenizer("SentencePieceTokenizer", str(spm_model), tmp_path)
+    ours = build_tokenizer("SentencePieceTokenizer", str(spm_model))
+    auto = AutoTokenizer.from_pretrained(str(tmp_path))
+    as_hf = HuggingFaceTokenizer(str(tmp_path))
+    texts = [text for _, text in corpus_documents]
+    tokens = 0
+    for text in texts:
+        ids = ours.encode(text)
+        assert auto(text, add_special_tokens=False)["input_ids"] == ids
+        assert as_hf.encode(text) == ids
+        assert auto.decode(ids) == text  # byte fallback decodes newlines back
+        tokens += len(ids)
+    assert tokens > 100_000
+    assert (auto.eos_token_id, auto.pad_token_id, auto.unk_token_id) == (
+        ours.eod,
+        ours.pad,
+        ours.unk,
+    )
