@@ -188,6 +188,7 @@ def test_teacher_with_another_tokenizer_of_the_same_size_is_refused(
 ):
     import sentencepiece as spm
 
+    from megatron_salt.checkpoint_dir import write_manifest
     from megatron_salt.convert.tokenizer_files import write_hf_tokenizer
     from megatron_salt.testing import RankFailed
 
@@ -204,6 +205,7 @@ def test_teacher_with_another_tokenizer_of_the_same_size_is_refused(
     tokenizer_dir = other / "iter_0000000" / "tokenizer"
     shutil.rmtree(tokenizer_dir)
     write_hf_tokenizer("SentencePieceTokenizer", str(tmp_path / "other.model"), tokenizer_dir)
+    write_manifest(other / "iter_0000000", 0)  # as its author would ship it: consistent
     argv = salt_args(tiny_data, checkpoints, tmp_path / "run", "--train-iters", "1",
                      "--kd-iters", "1")  # fmt: skip
     argv[argv.index("--kd-teacher-load") + 1] = str(other)
