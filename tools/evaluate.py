@@ -81,14 +81,23 @@ def main(argv=None) -> int:
         build_parser().error("--num-fewshot must be >= 0")
 
     from megatron_salt.checkpoint import CheckpointError
-    from megatron_salt.compat import quiet_upstream_warnings
     from megatron_salt.convert.errors import ConversionError
-    from megatron_salt.evaluation.harness import HarnessConfig, resolve_tasks, task_manager
     from megatron_salt.evaluation.results import EvalError, EvalSettings
-    from megatron_salt.evaluation.runner import plan, run_jobs
+    from megatron_salt.evaluation.runner import plan, run_jobs, select_iterations
 
-    quiet_upstream_warnings()
     try:
+        from megatron_salt.evaluation.harness import (
+            HarnessConfig,
+            require_lm_eval,
+            resolve_tasks,
+            task_manager,
+        )
+
+        require_lm_eval()  # first: a missing extra is one line saying how to install it
+        selected = select_iterations(args.load, args.iterations)
+        from megatron_salt.compat import quiet_upstream_warnings
+
+        quiet_upstream_warnings()
         import torch
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -98,7 +107,7 @@ def main(argv=None) -> int:
         )
         manager = task_manager(harness.include_path, tasks)
         tasks = resolve_tasks(tasks, manager)
-        jobs, done = plan(args.load, args.iterations, tasks, settings)
+        jobs, done = plan(selected, tasks, settings)
         total = len(jobs) + done
         print(
             f"evaluate.py: {total} checkpoint(s) x {len(tasks)} task(s): {len(jobs)} to do, "

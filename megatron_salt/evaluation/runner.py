@@ -70,18 +70,13 @@ def parse_iterations(spec: str | None) -> list[int] | None:
     return values
 
 
-def plan(
-    run_dirs: Sequence[str | Path],
-    iterations: str | None,
-    tasks: Sequence[str],
-    settings: EvalSettings,
-) -> tuple[list[EvalJob], int]:
-    """The jobs still to do, and how many (run, iteration) pairs were already done.
-
-    ``iterations``: None (each run's latest), "all", or "N,M" (each must be saved in every run).
-    """
-    jobs, done = [], 0
+def select_iterations(
+    run_dirs: Sequence[str | Path], iterations: str | None
+) -> list[tuple[Path, list[int]]]:
+    """``--iterations`` per run: None (each run's latest), "all", or "N,M" (each must be
+    saved in every run). Checked before anything heavy is imported."""
     wanted = parse_iterations(iterations)
+    out = []
     for run_dir in map(Path, run_dirs):
         saved = saved_iterations(run_dir)
         if iterations is None:
@@ -96,7 +91,17 @@ def plan(
                     f"(saved: {', '.join(map(str, saved))})"
                 )
             chosen = wanted
-        for iteration in chosen:
+        out.append((run_dir, chosen))
+    return out
+
+
+def plan(
+    selected: Sequence[tuple[Path, Sequence[int]]], tasks: Sequence[str], settings: EvalSettings
+) -> tuple[list[EvalJob], int]:
+    """The jobs still to do, and how many (run, iteration) pairs were already done."""
+    jobs, done = [], 0
+    for run_dir, iterations in selected:
+        for iteration in iterations:
             todo = pending_tasks(run_dir, iteration, tasks, settings)
             if todo:
                 jobs.append(EvalJob(run_dir, iteration, tuple(todo)))
