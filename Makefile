@@ -1,6 +1,7 @@
 # megatron-salt: the two commands a user needs.
 #   make demo   corpus -> tokenizer -> indexed dataset -> teacher -> scores ->
-#               baseline, SALT and SALT_DS students -> report (CPU, ~15 min on 2 cores)
+#               baseline, SALT and SALT_DS students -> few-shot evaluation -> report
+#               (CPU, ~15 min on 2 cores)
 #   make test   the test suite
 # Both create .venv and install what they need. On machines without a GPU,
 # torch is pinned to the local CPU wheel so pip never pulls CUDA packages.
@@ -57,7 +58,7 @@ demo: $(DATA_PREFIX)_text_document.idx
 	PY=$(abspath $(PY)) DEMO_DIR=$(DEMO_DIR) examples/tiny_cpu/run.sh all
 	@echo
 	@cat $(DEMO_DIR)/report/salt_vs_baseline.md
-	@echo "plot: $(DEMO_DIR)/report/salt_vs_baseline.png"
+	@echo "plots: $(DEMO_DIR)/report/salt_vs_baseline.png $(DEMO_DIR)/report/salt_vs_baseline_fewshot.png"
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -815,28 +815,28 @@ def write_report(
     Runs with few-shot results (``RUN_DIR/eval/``, from ``tools/evaluate.py``) add a
     few-shot section and ``{prefix}_fewshot.png`` (:mod:`megatron_salt.evaluation.fewshot_report`).
     """
-    from megatron_salt.evaluation.fewshot_report import fewshot_section
+    from megatron_salt.evaluation.fewshot_report import fewshot_report, render_fewshot
     from megatron_salt.evaluation.results import EvalError
 
     if not any(run is baseline for run in runs):
         runs = [baseline, *runs]
     rows = compare(runs, baseline)
+    try:  # read (and check) the few-shot results before writing anything
+        fewshot = fewshot_report(
+            [(r.name, r.run_dir) for r in runs],
+            next(i for i, r in enumerate(runs) if r is baseline),
+        )
+    except EvalError as err:
+        raise ReportError(str(err)) from None
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     png, md = prefix.with_name(prefix.name + ".png"), prefix.with_name(prefix.name + ".md")
     text = markdown_report(rows, baseline, title=title, png_name=png.name)
     plot_comparison(rows, baseline, png, title=title)
-    try:
-        fewshot = fewshot_section(
-            [(r.name, r.run_dir) for r in runs],
-            next(i for i, r in enumerate(runs) if r is baseline),
-            prefix.with_name(prefix.name + "_fewshot.png"),
-            title=title,
-            save=_save_figure,
-        )
-    except EvalError as err:
-        raise ReportError(str(err)) from None
-    if fewshot:
-        text += "\n" + fewshot
+    section = render_fewshot(
+        fewshot, prefix.with_name(prefix.name + "_fewshot.png"), title=title, save=_save_figure
+    )
+    if section:
+        text += "\n" + section
     _atomic_write(md, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return png, md, text

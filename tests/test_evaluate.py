@@ -262,3 +262,19 @@ def test_compare_runs_reports_few_shot_results(evaluated_runs, tmp_path):
         )
     else:
         assert "salt never reaches the baseline's final few-shot average" in md
+
+
+def test_compare_runs_refuses_a_bad_results_file(evaluated_runs, tmp_path):
+    runs = {}
+    for name, run in evaluated_runs[0].items():  # what compare_runs reads: the log and eval/
+        runs[name] = tmp_path / name
+        shutil.copytree(run / "eval", runs[name] / "eval")
+        shutil.copyfile(run / "metrics.jsonl", runs[name] / "metrics.jsonl")
+    bad = runs["salt"] / "eval" / "iter_0000002.json"
+    bad.write_text('{"schema": 1, "iteration": 2, "tasks": {"salt_nextline": 3}}')
+    result = _run(["tools/compare_runs.py", str(runs["baseline"]), str(runs["salt"]),
+                   "--out", str(tmp_path / "report" / "cmp")])  # fmt: skip
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert str(bad) in line and "'salt_nextline' has no 'metrics'" in line
+    assert not (tmp_path / "report").exists() or not any((tmp_path / "report").iterdir())

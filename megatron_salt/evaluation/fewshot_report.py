@@ -261,16 +261,13 @@ def plot_fewshot(report: FewShotReport, path: str | Path, *, title: str, save) -
     plt.close(fig)
 
 
-def fewshot_section(
-    runs: Sequence[tuple[str, Path | None]],
-    baseline_index: int,
-    png_path: Path,
-    *,
-    title: str,
-    save,
-) -> str:
-    """The markdown section (and ``png_path``) for runs given as (name, run directory),
-    ``runs[baseline_index]`` the baseline; "" when no run has few-shot results."""
+def fewshot_report(
+    runs: Sequence[tuple[str, Path | None]], baseline_index: int
+) -> FewShotReport | str | None:
+    """Read the few-shot results of runs given as (name, run directory),
+    ``runs[baseline_index]`` the baseline: the report, a one-sentence section when only the
+    baseline lacks results, or None when there is nothing to show. Reads only: a bad
+    results file raises before anything is written."""
     loaded = [load_fewshot(d, name) if d is not None else None for name, d in runs]
     baseline = loaded[baseline_index]
     if baseline is None:
@@ -280,9 +277,13 @@ def fewshot_section(
                 f"The baseline {runs[baseline_index][0]} has no few-shot results "
                 "(run `tools/evaluate.py --load` on it): nothing to compare against.\n"
             )
-        return ""
-    report = compare_fewshot([r for r in loaded if r is not None], baseline)
-    if report is None:
-        return ""
+        return None
+    return compare_fewshot([r for r in loaded if r is not None], baseline)
+
+
+def render_fewshot(report: FewShotReport | str | None, png_path: Path, *, title: str, save) -> str:
+    """The markdown section for :func:`fewshot_report`'s result, writing ``png_path``."""
+    if report is None or isinstance(report, str):
+        return report or ""
     plot_fewshot(report, png_path, title=title, save=save)
     return markdown_fewshot(report, png_name=png_path.name)
