@@ -23,6 +23,7 @@ INSTALL_HINT = "tools/evaluate.py needs lm-eval: pip install -e .[eval]"
 def require_lm_eval():
     """The ``lm_eval`` module, or an :class:`EvalError` saying how to install it."""
     os.environ.setdefault("LMEVAL_LOG_LEVEL", "WARNING")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # as lm-eval's CLI sets it
     try:
         import accelerate  # noqa: F401  (lm-eval's HF backend imports it; lm-eval omits it)
         import lm_eval
