@@ -278,3 +278,12 @@ def test_compare_runs_refuses_a_bad_results_file(evaluated_runs, tmp_path):
     (line,) = result.stderr.strip().splitlines()
     assert str(bad) in line and "'salt_nextline' has no 'metrics'" in line
     assert not (tmp_path / "report").exists() or not any((tmp_path / "report").iterdir())
+
+
+def test_tags_and_globs_resolve_to_the_tasks_results_are_kept_under(eval_tasks):
+    from megatron_salt.evaluation.harness import resolve_tasks, task_manager
+
+    manager = task_manager([eval_tasks], ["salt_demo"])
+    both = ["salt_lastword", "salt_nextline"]
+    assert resolve_tasks(["salt_demo"], manager) == both  # a tag has no result of its own
+    assert resolve_tasks(["salt_*", "salt_nextline"], manager) == both
