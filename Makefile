@@ -1,6 +1,7 @@
 # megatron-salt: the two commands a user needs.
 #   make demo   corpus -> tokenizer -> indexed dataset -> teacher -> scores ->
-#               baseline, SALT and SALT_DS students -> report (CPU, ~15 min on 2 cores)
+#               baseline, SALT and SALT_DS students -> few-shot evaluation -> report
+#               (CPU, ~15 min on 2 cores)
 #   make test   the test suite (Python 3.11, megatron-core 0.16.1: what pip resolves there)
 #   make test-newest  the same suite on Python 3.12 and the newest megatron-core 0.19.x,
 #               plus checkpoints and losses across the two versions
@@ -70,7 +71,7 @@ demo: $(DATA_PREFIX)_text_document.idx
 	PY=$(abspath $(PY)) DEMO_DIR=$(DEMO_DIR) examples/tiny_cpu/run.sh all
 	@echo
 	@cat $(DEMO_DIR)/report/salt_vs_baseline.md
-	@echo "plot: $(DEMO_DIR)/report/salt_vs_baseline.png"
+	@echo "plots: $(DEMO_DIR)/report/salt_vs_baseline.png $(DEMO_DIR)/report/salt_vs_baseline_fewshot.png"
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -36,7 +36,18 @@ setup(
         # HuggingFace tokenizers, and checkpoints in and out (tools/convert_checkpoint.py).
         "hf": ["tokenizers", "transformers>=5", "safetensors"],
         "plot": ["matplotlib"],
-        "dev": ["pytest", "ruff", "tokenizers", "transformers>=5", "safetensors", "matplotlib"],
+        # Few-shot evaluation (tools/evaluate.py): lm-evaluation-harness and its HF backend
+        # (accelerate, peft), on the HF export of a checkpoint.
+        "eval": ["lm-eval[hf]>=0.4.13,<0.5", "tokenizers", "transformers>=5", "safetensors"],
+        "dev": [
+            "pytest",
+            "ruff",
+            "tokenizers",
+            "transformers>=5",
+            "safetensors",
+            "matplotlib",
+            "lm-eval[hf]>=0.4.13,<0.5",
+        ],
     },
     # The scripts in tools/ and pretrain_salt.py, installed as commands as well.
     entry_points={

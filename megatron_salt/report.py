@@ -70,6 +70,7 @@ class Run:
     train_loss: list[Point] = field(default_factory=list)
     kd_weight: list[Point] = field(default_factory=list)
     kd_end: int | None = None  # iteration at which the teacher was released
+    run_dir: Path | None = None  # where eval/ (few-shot results) would be
 
     @property
     def final_val(self) -> Point:
@@ -371,6 +372,7 @@ def load_run(path: str | Path) -> Run:
         run = read_wandb_run(files, str(wandb_dir))
     if not run.val_loss:
         raise ReportError(f"{run.source}: no validation (eval) records: nothing to compare")
+    run.run_dir = path if path.is_dir() else path.parent
     return run
 
 
@@ -784,7 +786,7 @@ def plot_comparison(
     )
     # Leave the legend its rows below the axes (many runs: several rows).
     fig.tight_layout(rect=(0, 0.02 + 0.022 * legend_rows, 1, 1))
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    _save_figure(fig, path)
     plt.close(fig)
 
 
@@ -801,17 +803,40 @@ def _atomic_write(path: str | Path, write) -> None:
         raise
 
 
+def _save_figure(fig, path: str | Path) -> None:
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+
+
 def write_report(
     runs: Sequence[Run], baseline: Run, prefix: str | Path, *, title: str
 ) -> tuple[Path, Path, str]:
-    """Write ``{prefix}.png`` and ``{prefix}.md``; return their paths and the markdown."""
+    """Write ``{prefix}.png`` and ``{prefix}.md``; return their paths and the markdown.
+
+    Runs with few-shot results (``RUN_DIR/eval/``, from ``tools/evaluate.py``) add a
+    few-shot section and ``{prefix}_fewshot.png`` (:mod:`megatron_salt.evaluation.fewshot_report`).
+    """
+    from megatron_salt.evaluation.fewshot_report import fewshot_report, render_fewshot
+    from megatron_salt.evaluation.results import EvalError
+
     if not any(run is baseline for run in runs):
         runs = [baseline, *runs]
     rows = compare(runs, baseline)
+    try:  # read (and check) the few-shot results before writing anything
+        fewshot = fewshot_report(
+            [(r.name, r.run_dir) for r in runs],
+            next(i for i, r in enumerate(runs) if r is baseline),
+        )
+    except EvalError as err:
+        raise ReportError(str(err)) from None
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     png, md = prefix.with_name(prefix.name + ".png"), prefix.with_name(prefix.name + ".md")
     text = markdown_report(rows, baseline, title=title, png_name=png.name)
     plot_comparison(rows, baseline, png, title=title)
+    section = render_fewshot(
+        fewshot, prefix.with_name(prefix.name + "_fewshot.png"), title=title, save=_save_figure
+    )
+    if section:
+        text += "\n" + section
     _atomic_write(md, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return png, md, text

@@ -15,6 +15,8 @@ LAYOUT=${LAYOUT:-single}
 TEACHER_ITERS=${TEACHER_ITERS:-300}
 STUDENT_ITERS=${STUDENT_ITERS:-200}
 KD_ITERS=${KD_ITERS:-60}             # n_KD: the first 30% of the student's steps
+# Students also keep a checkpoint at 70% of their steps: the paper's few-shot comparison point.
+STUDENT_SAVE_INTERVAL=${STUDENT_SAVE_INTERVAL:-$(( STUDENT_ITERS * 7 / 10 ))}
 
 # bf16 (fp32 master weights) where the CPU multiplies bf16 in hardware (AMX or AVX512-BF16:
 # ~1.6x faster steps on the 2-core Xeon the demo is sized for), fp32 elsewhere.
@@ -50,6 +52,14 @@ KD_ARGS=(
     --kd-schedule "${KD_SCHEDULE:-constant}" --kd-iters "$KD_ITERS"
 )
 KD_SELECTION=${KD_SELECTION:-top:0.5}
+# Few-shot evaluation (tools/evaluate.py) of the students' saved checkpoints on the offline
+# tasks that tools/make_eval_tasks.py builds from held-out documents (docs/evaluation.md).
+EVAL_TASKS_DIR=${EVAL_TASKS_DIR:-$DEMO_DIR/eval_tasks}
+EVAL_RUNS=${EVAL_RUNS:-baseline salt salt_ds}
+EVAL_ARGS=(
+    --tasks "${EVAL_TASKS:-salt_lastword,salt_nextline}" --num-fewshot "${EVAL_FEWSHOT:-1}"
+    --limit "${EVAL_LIMIT:-50}" --batch-size 16 --iterations all
+)
 # Small work units: a progress line (tokens/s, ETA) every few seconds, cheap resumes.
 SCORE_ARGS=(--score-top-k 10 --score-statistic median --score-micro-batch-size 16 --chunk-documents 64
             "${PRECISION_ARGS[@]}")

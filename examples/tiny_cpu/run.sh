@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Tiny CPU SALT example. Usage: examples/tiny_cpu/run.sh MODE
-#   MODE: teacher | baseline | salt | score | salt_ds | report | all
+#   MODE: teacher | baseline | salt | score | salt_ds | evaluate | report | all
 #   LAYOUT=single|tp2|pp2 (default single) runs each training on 1 process or 2 gloo ranks.
 #   RUN_NAME names the run directory of a single baseline/salt/salt_ds run (default: the mode),
 #   so variants (KD_ALPHA, KD_ITERS, KD_SCHEDULE, KD_TEMPERATURE, SEED, ...) sit side by side.
@@ -41,7 +41,7 @@ teacher() {
 student() {  # student NAME EXTRA_ARGS...
     local name=$1; shift
     train "$name" "${STUDENT_ARGS[@]}" "${TRAIN_ARGS[@]}" "${LAYOUT_ARGS[@]}" \
-        --train-iters "$STUDENT_ITERS" "$@"
+        --train-iters "$STUDENT_ITERS" --save-interval "$STUDENT_SAVE_INTERVAL" "$@"
 }
 score() {
     if [[ -f "$DATA.salt_scores.json" ]]; then echo "== score: done already"; return; fi
@@ -49,6 +49,17 @@ score() {
     OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} "$PY" tools/score_data.py \
         --load "$RUNS/teacher" --data-path "$DATA" "${SCORE_ARGS[@]}"
     "$PY" tools/select_data.py --data-path "$DATA" --kd-data-selection "$KD_SELECTION"
+}
+evaluate() {  # few-shot: every saved checkpoint of the students (70% and 100% of the steps)
+    if [[ ! -f "$EVAL_TASKS_DIR/tasks.json" ]]; then
+        echo "== eval tasks (held-out documents of $DEMO_DIR/corpus)"
+        "$PY" tools/make_eval_tasks.py --corpus "$DEMO_DIR/corpus" --out "$EVAL_TASKS_DIR"
+    fi
+    local runs=()
+    for name in $EVAL_RUNS; do runs+=("$RUNS/$name"); done
+    echo "== evaluate (lm-eval, offline)"
+    HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} \
+        "$PY" tools/evaluate.py --load "${runs[@]}" --include-path "$EVAL_TASKS_DIR" "${EVAL_ARGS[@]}"
 }
 report() {
     mkdir -p "$DEMO_DIR/report"
@@ -65,6 +76,7 @@ case "$mode" in
     score) score ;;
     salt_ds) student "${RUN_NAME:-salt_ds}" --kd-teacher-load "$RUNS/teacher" "${KD_ARGS[@]}" "${TEACHER_LAYOUT_ARGS[@]}" \
                  --kd-data-path "$DATA" --kd-data-selection "$KD_SELECTION" ;;
+    evaluate) evaluate ;;
     report) report ;;
     all)
         teacher
@@ -73,6 +85,7 @@ case "$mode" in
         student salt --kd-teacher-load "$RUNS/teacher" "${KD_ARGS[@]}" "${TEACHER_LAYOUT_ARGS[@]}"
         student salt_ds --kd-teacher-load "$RUNS/teacher" "${KD_ARGS[@]}" "${TEACHER_LAYOUT_ARGS[@]}" \
             --kd-data-path "$DATA" --kd-data-selection "$KD_SELECTION"
+        evaluate
         report ;;
-    *) echo "run.sh: error: unknown MODE $mode (teacher|baseline|salt|score|salt_ds|report|all)" >&2; exit 2 ;;
+    *) echo "run.sh: error: unknown MODE $mode (teacher|baseline|salt|score|salt_ds|evaluate|report|all)" >&2; exit 2 ;;
 esac
