@@ -222,8 +222,9 @@ def test_missing_lm_eval_says_how_to_install(tmp_path):
     (blocker / "lm_eval.py").write_text(
         "raise ImportError(\"No module named 'lm_eval'\", name='lm_eval')\n"
     )
+    path = os.pathsep.join(filter(None, [str(blocker), os.environ.get("PYTHONPATH")]))
     result = _run(["tools/evaluate.py", "--load", str(tmp_path), "--tasks", "x"],
-                  PYTHONPATH=str(blocker))  # fmt: skip
+                  PYTHONPATH=path)  # fmt: skip
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert "pip install -e .[eval]" in line and "lm_eval" in line
