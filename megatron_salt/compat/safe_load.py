@@ -110,34 +110,17 @@ def weights_only_load(*args: Any, **kwargs: Any) -> Any:
         raise refused from None
 
 
-class _SafePickle(types.ModuleType):
-    """``pickle`` inside one module, with a restricted ``load``."""
+class _Overriding(types.ModuleType):
+    """A module (or module-like object) as one module sees it: some attributes replaced.
 
-    def __init__(self) -> None:
-        super().__init__("pickle")
-        self.load = restricted_pickle_load
+    ``_Overriding(pickle, load=restricted_pickle_load)`` is ``pickle`` with a restricted
+    ``load``; everything not overridden is the original's.
+    """
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(pickle, name)
-
-
-class _SafeTorch(types.ModuleType):
-    """``torch`` inside one module, with ``load`` always ``weights_only=True``."""
-
-    def __init__(self) -> None:
-        super().__init__("torch")
-        self.load = weights_only_load
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(torch, name)
-
-
-class _SafeStorageClient:
-    """Megatron-Core 0.19's ``maybe_msc`` inside one module, with a restricted ``torch``."""
-
-    def __init__(self, original: Any) -> None:
+    def __init__(self, original: Any, **overrides: Any) -> None:
+        super().__init__(getattr(original, "__name__", type(original).__name__))
         self._original = original
-        self.torch = _SafeTorch()
+        self.__dict__.update(overrides)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._original, name)
@@ -179,11 +162,12 @@ def _loads_through(module: types.ModuleType, global_name: str, function: str) ->
 
 
 def _stand_in(module: types.ModuleType, global_name: str) -> Any:
+    safe_torch = _Overriding(torch, load=weights_only_load)
     if global_name == "pickle":
-        return _SafePickle()
+        return _Overriding(pickle, load=restricted_pickle_load)
     if global_name == "torch":
-        return _SafeTorch()
-    return _SafeStorageClient(getattr(module, global_name))
+        return safe_torch
+    return _Overriding(getattr(module, global_name), torch=safe_torch)  # 0.19's maybe_msc
 
 
 @functools.cache
