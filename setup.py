@@ -53,7 +53,7 @@ setup(
     entry_points={
         "console_scripts": [
             "salt-pretrain=megatron_salt.training.loop:main",
-            "salt-preprocess-pile=megatron_salt.data.preprocess:main",
+            "salt-preprocess-pile=megatron_salt.selection.preprocess_cli:main",
             "salt-score-data=megatron_salt.selection.cli:score_main",
             "salt-select-data=megatron_salt.selection.cli:select_main",
             "salt-convert-checkpoint=megatron_salt.convert.cli:main",

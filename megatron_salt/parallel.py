@@ -22,10 +22,12 @@ sees exactly the micro-batches its student replica sees.
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 from dataclasses import dataclass
 
+import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.process_groups_config import ProcessGroupCollection
@@ -47,6 +49,37 @@ def single_process_rendezvous() -> None:
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     if "MASTER_PORT" not in os.environ and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         os.environ["MASTER_PORT"] = str(free_port())
+
+
+#: How long a collective may wait for a peer: long enough for one rank to hash a large
+#: .bin or checkpoint (manifests, score sidecars) while the others wait at a barrier.
+DISTRIBUTED_TIMEOUT = datetime.timedelta(minutes=30)
+
+
+def initialize_distributed(
+    backend: str | None = None, *, timeout: datetime.timedelta = DISTRIBUTED_TIMEOUT
+) -> None:
+    """torchrun's environment (or one process without torchrun) -> the default process group.
+
+    The one start-up of every entry point (training, scoring, the test ranks): Megatron-Core's
+    CPU patches first (a no-op with CUDA), then nccl on GPUs or gloo on CPU unless ``backend``
+    says otherwise, each rank on its ``LOCAL_RANK`` device. Megatron's model-parallel groups
+    are the caller's (it knows the layout). Does nothing if a group already exists.
+    """
+    from megatron_salt.compat import apply_cpu_patches
+
+    apply_cpu_patches()
+    if dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    single_process_rendezvous()
+    dist.init_process_group(
+        backend or ("nccl" if torch.cuda.is_available() else "gloo"),
+        rank=int(os.environ.get("RANK", "0")),
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        timeout=timeout,
+    )
 
 
 class UnsupportedTeacherLayout(ValueError):

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from megatron_salt.parallel import free_port
+from megatron_salt.parallel import free_port, initialize_distributed
 
 
 class RankFailed(RuntimeError):
@@ -60,12 +60,8 @@ def _rank_main(
     # Two ranks on two cores: one intra-op thread each avoids oversubscription.
     torch.set_num_threads(1)
     try:
-        from megatron_salt.compat import apply_cpu_patches
-
-        apply_cpu_patches()
-        dist.init_process_group(
-            "gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=120)
-        )
+        # A short timeout: a test rank stuck in a collective fails the test, not the suite.
+        initialize_distributed("gloo", timeout=timedelta(seconds=120))
         # Plain pickle: torch's queue pickler would share tensors through file
         # descriptors, which break when this process exits before the parent reads.
         value = pickle.dumps(fn(*args, **kwargs))

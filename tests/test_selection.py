@@ -64,9 +64,9 @@ def _reference_scores(checkpoint: str, prefix: str) -> list[float]:
     from megatron.core.datasets.indexed_dataset import IndexedDataset
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
+    from megatron_salt.checkpoint_dir import resolve_checkpoint
     from megatron_salt.config import ModelConfig, ParallelConfig, PrecisionConfig
     from megatron_salt.teacher import load_frozen_gpt
-    from megatron_salt.training.checkpointing import resolve_checkpoint
 
     parallel_state.initialize_model_parallel(1, 1)
     model_parallel_cuda_manual_seed(0)

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Tokenize Pile-format shards into Megatron .bin/.idx (see docs/preprocessing.md).
+"""Tokenize Pile-format shards into Megatron .bin/.idx, optionally scoring them for SALT_DS
+(--score-with; see docs/preprocessing.md).
 
     python tools/preprocess_pile.py --input demo_out/corpus --output-prefix demo_out/data/demo \
         --tokenizer-type SentencePieceTokenizer --tokenizer-model demo_out/tokenizer/spm.model \
@@ -8,7 +9,7 @@
 
 import sys
 
-from megatron_salt.data.preprocess import main
+from megatron_salt.selection.preprocess_cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -628,18 +628,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_BLOCK_BYTES / 2**20,
         help="MiB of JSON per unit of work sent to a worker (default 1)",
     )
-    score = parser.add_argument_group("SALT_DS scores (optional)")
-    score.add_argument(
-        "--score-with",
-        metavar="SLM_CHECKPOINT",
-        default=None,
-        help="after writing, score every document with this SLM checkpoint (pretrain_salt.py's, "
-        "import-hf's or Megatron-LM's) and "
-        "write {prefix}.salt_scores.npy/.json (see tools/score_data.py)",
-    )
-    from megatron_salt.selection.cli import add_scoring_flags
-
-    add_scoring_flags(score)
     run.add_argument(
         "--partitions",
         type=int,
@@ -650,10 +638,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``tools/preprocess_pile.py`` / ``salt-preprocess-pile``. Exit 0, 2 (bad input or
-    flags: one ``preprocess_pile: error: ...`` line on stderr) or 130 (interrupted)."""
+    """``salt-preprocess-pile`` without scoring. Exit 0, 2 (bad input or flags: one
+    ``preprocess_pile: error: ...`` line on stderr) or 130 (interrupted).
+
+    ``tools/preprocess_pile.py`` adds ``--score-with`` on top of this
+    (:mod:`megatron_salt.selection.preprocess_cli`): data preparation knows nothing of scoring.
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    return run(parser, parser.parse_args(argv))
+
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Preprocess what ``args`` (parsed by ``parser``, or a parser extending it) asks for."""
     if args.partitions not in (None, 1):
         _stderr("note: --partitions is ignored (inputs are streamed; use --workers)")
     if args.block_size_mb <= 0:
@@ -671,14 +667,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_interval=args.log_interval,
         block_bytes=max(1, int(args.block_size_mb * 2**20)),
     )
-    if args.score_with is not None:
-        from megatron_salt.checkpoint_dir import CheckpointError, resolve_checkpoint
-
-        try:  # before hours of tokenizing, not after
-            resolve_checkpoint(args.score_with)
-        except CheckpointError as err:
-            print(f"{PROG}: error: --score-with: {err}", file=sys.stderr)
-            return 2
     # SIGTERM (e.g. a job scheduler) cleans up like Ctrl-C does.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -694,30 +682,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if args.score_with is not None:
-        return _score_outputs(args)
-    return 0
-
-
-def _score_outputs(args: argparse.Namespace) -> int:
-    """``--score-with``: the SLM scores the prefixes just written (one process, or torchrun's)."""
-    from megatron_salt.selection.cli import init_distributed_from_env, score
-
-    prefixes = [output_prefix_for(args.output_prefix, key) for key in args.json_keys]
-    init_distributed_from_env()
-    try:
-        score(
-            args.score_with,
-            prefixes,
-            top_k=args.score_top_k,
-            statistic=args.score_statistic,
-            micro_batch_size=args.score_micro_batch_size,
-            seq_length=args.score_seq_length,
-            log=lambda message: _stderr(f"score: {message}"),
-        )
-    except (ValueError, FileNotFoundError) as err:
-        print(f"{PROG}: error: --score-with {args.score_with}: {err}", file=sys.stderr)
-        return 2
     return 0
 
 

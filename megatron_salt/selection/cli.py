@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import sys
@@ -51,28 +50,17 @@ def add_scoring_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None
 
 
 def init_distributed_from_env(tensor_model_parallel_size: int = 1) -> None:
-    """torchrun's environment (or a single process) -> process group + Megatron TP groups."""
-    import torch
-    import torch.distributed as dist
+    """The process group (:func:`megatron_salt.parallel.initialize_distributed`) and the
+    SLM's Megatron TP groups (PP=1; data parallel over the rest)."""
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-    from megatron_salt.compat import apply_cpu_patches, filter_upstream_noise, warn_if_untested
-    from megatron_salt.parallel import single_process_rendezvous
+    from megatron_salt.compat import filter_upstream_noise, warn_if_untested
+    from megatron_salt.parallel import initialize_distributed
 
     filter_upstream_noise()
-    apply_cpu_patches()
+    initialize_distributed()
     warn_if_untested()
-    if not dist.is_initialized():
-        single_process_rendezvous()
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(
-            "nccl" if torch.cuda.is_available() else "gloo",
-            rank=int(os.environ.get("RANK", "0")),
-            world_size=int(os.environ.get("WORLD_SIZE", "1")),
-            timeout=datetime.timedelta(minutes=30),
-        )
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(tensor_model_parallel_size, 1)
         model_parallel_cuda_manual_seed(0)

@@ -33,12 +33,11 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 from torch.distributed.checkpoint.api import CheckpointException
 
-from megatron_salt.checkpoint_dir import (  # noqa: F401 - re-exported
+from megatron_salt.checkpoint_dir import (
     TRACKER_FILE,
     CheckpointError,
     iteration_dir,
     latest_iteration,
-    open_checkpoint,
     reading_checkpoint,
     resolve_checkpoint,
     write_manifest,

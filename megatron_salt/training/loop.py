@@ -13,7 +13,6 @@ the baseline SALT is compared against.
 from __future__ import annotations
 
 import argparse
-import datetime
 import errno
 import logging
 import os
@@ -21,22 +20,16 @@ import sys
 import traceback
 from typing import Any
 
-import torch
 import torch.distributed as dist
 
-from megatron_salt.compat import (
-    apply_cpu_patches,
-    describe_backends,
-    filter_upstream_noise,
-    warn_if_untested,
-)
+from megatron_salt.compat import describe_backends, filter_upstream_noise, warn_if_untested
 from megatron_salt.errors import (
     debug_requested,
     exit_after_peer_failure,
     peer_failed,
     report_failure,
 )
-from megatron_salt.parallel import single_process_rendezvous
+from megatron_salt.parallel import initialize_distributed
 from megatron_salt.training.arguments import FlagError, parse_args
 
 logger = logging.getLogger("megatron_salt")
@@ -56,28 +49,11 @@ def _setup_logging(rank: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def initialize_distributed(args: argparse.Namespace) -> None:
-    """torchrun's environment -> a process group (gloo on CPU, nccl on GPU)."""
-    apply_cpu_patches()
-    if dist.is_initialized():
-        return
-    backend = args.distributed_backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    single_process_rendezvous()
-    dist.init_process_group(
-        backend,
-        rank=int(os.environ.get("RANK", "0")),
-        world_size=int(os.environ.get("WORLD_SIZE", "1")),
-        timeout=datetime.timedelta(minutes=10),
-    )
-
-
 def pretrain(args: argparse.Namespace) -> dict[str, Any]:
     """Run training; return a summary (final losses, timings) for callers and tests."""
     from megatron_salt.training.trainer import Trainer
 
-    initialize_distributed(args)
+    initialize_distributed(args.distributed_backend)
     _setup_logging(dist.get_rank())
     warn_if_untested()
     logger.info("megatron-salt: %s", describe_backends())

@@ -25,7 +25,13 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-from megatron_salt.checkpoint_dir import load_model_config
+from megatron_salt.checkpoint_dir import (
+    CheckpointError,
+    latest_iteration,
+    load_model_config,
+    open_checkpoint,
+    resolve_checkpoint,
+)
 from megatron_salt.compat import current_device as device
 from megatron_salt.config import ModelConfig, ParallelConfig, PrecisionConfig
 from megatron_salt.data.token_range import max_token_id
@@ -42,7 +48,6 @@ from megatron_salt.training.arguments import (
     model_config_from_args,
     wandb_group,
 )
-from megatron_salt.training.checkpointing import CheckpointError
 from megatron_salt.training.data import (
     BatchLayout,
     DatasetTokenizer,
@@ -174,7 +179,7 @@ class Trainer:
         """
         args = self.args
         try:
-            ckpt = checkpointing.resolve_checkpoint(args.load)
+            ckpt = resolve_checkpoint(args.load)
         except CheckpointError:
             return cfg  # nothing there yet: _load starts from scratch or says why not
         try:
@@ -337,12 +342,12 @@ class Trainer:
         """Resume from ``--load`` (or take its weights, with ``--finetune``)."""
         args = self.args
         try:
-            if checkpointing.latest_iteration(args.load) is None:
+            if latest_iteration(args.load) is None:
                 if args.finetune:
                     raise CheckpointError(f"{args.load} holds no checkpoint to finetune from")
                 logger.info("no checkpoint in %s yet: starting from scratch", args.load)
                 return None
-            opened = checkpointing.open_checkpoint(
+            opened = open_checkpoint(
                 args.load,
                 verify=not args.no_ckpt_verify,
                 fallback=args.ckpt_load_fallback,
