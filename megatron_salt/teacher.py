@@ -34,6 +34,7 @@ from megatron_salt.convert.tokenizer_files import checkpoint_tokenizer
 from megatron_salt.distill import check_vocab_compatible, teacher_logits_to_student_shard
 from megatron_salt.model import SaltGPTModel, build_gpt_model, transformer_config
 from megatron_salt.parallel import TeacherPlacement, build_teacher_placement
+from megatron_salt.rng import preserved_rng_state
 from megatron_salt.tokenizer import TokenizerError, build_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class Teacher:
         )
         # The teacher must not consume the student's RNG streams (a run with
         # --kd-alpha 0 must train exactly like the baseline).
-        with _preserve_rng():
+        with preserved_rng_state():
             model = load_frozen_gpt(
                 ckpt_dir,
                 model_cfg,
@@ -261,23 +262,3 @@ def load_frozen_gpt(
         model.eval()
         model.requires_grad_(False)
     return model
-
-
-class _preserve_rng:
-    """Restore the CPU (and CUDA) RNG and Megatron's tracker states on exit."""
-
-    def __enter__(self) -> None:
-        from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
-
-        self._cpu = torch.get_rng_state()
-        self._cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
-        tracker = get_cuda_rng_tracker()
-        self._tracker = {k: v.clone() for k, v in tracker.get_states().items()}
-
-    def __exit__(self, *exc: object) -> None:
-        from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
-
-        torch.set_rng_state(self._cpu)
-        if self._cuda is not None:
-            torch.cuda.set_rng_state(self._cuda)
-        get_cuda_rng_tracker().set_states(self._tracker)

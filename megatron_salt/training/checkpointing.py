@@ -30,7 +30,6 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject
-from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 from torch.distributed.checkpoint.api import CheckpointException
 
 from megatron_salt.checkpoint_dir import (
@@ -44,6 +43,7 @@ from megatron_salt.checkpoint_dir import (
 )
 from megatron_salt.compat.versions import write_legacy_common_state
 from megatron_salt.config import ModelConfig
+from megatron_salt.rng import capture_rng_state, restore_rng_state
 
 logger = logging.getLogger(__name__)
 
@@ -69,21 +69,6 @@ def _rng_sharded_object(data: Any = None) -> ShardedObject:
         parallel_state.get_data_parallel_rank(),
     )
     return ShardedObject("rng_state", data, shape, offset, replica_id=0)
-
-
-def _capture_rng() -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
-        "tracker": {k: v.clone() for k, v in get_cuda_rng_tracker().get_states().items()},
-    }
-
-
-def _restore_rng(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-    get_cuda_rng_tracker().set_states(state["tracker"])
 
 
 def _layout() -> dict[str, int]:
@@ -131,7 +116,7 @@ def save_checkpoint(
 
     try:
         state = _sharded_state(model, optimizer, is_loading=False)
-        state["rng_state"] = _rng_sharded_object(_capture_rng())
+        state["rng_state"] = _rng_sharded_object(capture_rng_state())
         state["opt_param_scheduler"] = scheduler.state_dict()
         state["train_state"] = dict(train_state, layout=_layout())
         dist_checkpointing.save(state, str(partial))
@@ -246,7 +231,7 @@ def load_checkpoint(
             optimizer.load_state_dict(loaded["optimizer"])
         scheduler.load_state_dict(loaded["opt_param_scheduler"])
     if "rng_state" in state:
-        _restore_rng(loaded["rng_state"])
+        restore_rng_state(loaded["rng_state"])
     elif load_rng:
         logger.warning(
             "checkpoint %s was saved with layout %s, this run is %s: RNG states not restored",
