@@ -51,6 +51,8 @@ import torch
 import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
+from megatron_salt.distill.shard import VocabShard, resolve_tp_group
+
 __all__ = ["vocab_parallel_kd_loss", "vocab_parallel_salt_loss"]
 
 # fp32 elements per work buffer (three buffers, 4 MiB each). Large enough to amortise
@@ -69,23 +71,6 @@ _T_MAX, _T_SUMEXP, _T_WEIGHTED_DIFF, _S_MAX, _S_SUMEXP = range(5)
 _LABEL_LOGIT, _LABEL_HELD, _S1_MAX, _S1_SUMEXP = range(5, 9)
 
 
-def _resolve_tp_group(tp_group):
-    """``None`` means Megatron-Core's TP group when model parallel is initialised, else no TP."""
-    if tp_group is not None:
-        return tp_group
-    from megatron.core import parallel_state
-
-    if parallel_state.model_parallel_is_initialized():
-        return parallel_state.get_tensor_model_parallel_group()
-    return None
-
-
-def _group_size_and_rank(group) -> tuple[int, int]:
-    if group is None or not dist.is_initialized():
-        return 1, 0
-    return dist.get_world_size(group), dist.get_rank(group)
-
-
 def _all_gather_stacked(tensor: torch.Tensor, group, world_size: int) -> torch.Tensor:
     """All-gather a small tensor; result is ``[world_size, *tensor.shape]``."""
     if world_size == 1:
@@ -102,19 +87,27 @@ def _chunk_rows(num_columns: int) -> int:
 class _Shard(NamedTuple):
     """Where this rank's vocab shard sits, and the loss settings shared by both passes."""
 
-    n_valid: int  # real (non-padding) columns in this rank's shard
-    offset: int  # global vocab id of the shard's first column
-    vocab_size: int
+    vocab: VocabShard
     temperature: float
     top_k: int | None
-    group: object
-    world_size: int
     caller: str  # public function name, for error messages
+
+    @property
+    def n_valid(self) -> int:
+        return self.vocab.n_valid
+
+    @property
+    def group(self):
+        return self.vocab.group
+
+    @property
+    def world_size(self) -> int:
+        return self.vocab.world_size
 
 
 def _local_labels(labels_1d: torch.Tensor, shard: _Shard) -> tuple[torch.Tensor, torch.Tensor]:
     """Per token: the label's column in this shard (0 where not held) and whether it is held."""
-    local = labels_1d - shard.offset
+    local = labels_1d - shard.vocab.offset
     held = (local >= 0) & (local < shard.n_valid)
     return torch.where(held, local, 0), held
 
@@ -274,7 +267,7 @@ def _raise_if_invalid(combined: _Combined, shard: _Shard) -> None:
         checks.append(
             (
                 combined.labels_held != 1,
-                f"labels outside [0, vocab_size={shard.vocab_size})",
+                f"labels outside [0, vocab_size={shard.vocab.vocab_size})",
                 "labels must be token ids of the true vocabulary",
             )
         )
@@ -454,33 +447,19 @@ def _resolve_shard(
     if not (temperature > 0.0 and temperature != float("inf")):
         raise ValueError(f"{caller}: temperature must be > 0, got {temperature}")
 
-    group = _resolve_tp_group(tp_group)
-    world_size, rank = _group_size_and_rank(group)
     v_local = student_logits.shape[-1]
-    padded_vocab = v_local * world_size
-    if vocab_size is None:
-        vocab_size = padded_vocab
-    if not (1 <= vocab_size <= padded_vocab):
+    vocab = VocabShard.of(resolve_tp_group(tp_group), v_local, vocab_size)
+    if not (1 <= vocab.vocab_size <= vocab.padded_vocab):
         raise ValueError(
-            f"{caller}: vocab_size={vocab_size} outside [1, {padded_vocab}] "
-            f"(padded vocab = {v_local} columns per rank x TP {world_size})"
+            f"{caller}: vocab_size={vocab.vocab_size} outside [1, {vocab.padded_vocab}] "
+            f"(padded vocab = {v_local} columns per rank x TP {vocab.world_size})"
         )
     if top_k is not None:
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"{caller}: top_k must be a positive int, got {top_k!r}")
-        if top_k >= vocab_size:
+        if top_k >= vocab.vocab_size:
             top_k = None  # the whole vocabulary is kept
-    offset = rank * v_local
-    return _Shard(
-        n_valid=min(max(vocab_size - offset, 0), v_local),
-        offset=offset,
-        vocab_size=vocab_size,
-        temperature=temperature,
-        top_k=top_k,
-        group=group,
-        world_size=world_size,
-        caller=caller,
-    )
+    return _Shard(vocab=vocab, temperature=temperature, top_k=top_k, caller=caller)
 
 
 def vocab_parallel_kd_loss(

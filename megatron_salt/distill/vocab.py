@@ -13,7 +13,9 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["check_vocab_compatible", "teacher_logits_to_student_shard"]
+from megatron_salt.distill.shard import VocabShard, group_size_and_rank, resolve_tp_group
+
+__all__ = ["check_vocab_compatible", "teacher_logits_to_student_shard", "vocab_parallel_argmax"]
 
 
 def check_vocab_compatible(teacher_vocab_size: int, student_vocab_size: int) -> None:
@@ -25,12 +27,6 @@ def check_vocab_compatible(teacher_vocab_size: int, student_vocab_size: int) -> 
             "padded sizes of the same tokenizer, compare the tokenizer's true vocab size and "
             "align the logits with teacher_logits_to_student_shard"
         )
-
-
-def _size_and_rank(group) -> tuple[int, int]:
-    if group is None or not dist.is_initialized():
-        return 1, 0
-    return dist.get_world_size(group), dist.get_rank(group)
 
 
 def _same_group(a, b) -> bool:
@@ -76,8 +72,8 @@ def teacher_logits_to_student_shard(
           (``tokens * teacher_padded_vocab`` elements) and receives ``(tp - 1) / tp`` of it
           over the network. Prefer matching layouts when the teacher is large.
     """
-    t_size, t_rank = _size_and_rank(teacher_tp_group)
-    s_size, s_rank = _size_and_rank(student_tp_group)
+    t_size, _ = group_size_and_rank(teacher_tp_group)
+    s_size, _ = group_size_and_rank(student_tp_group)
     for name, padded, size in (
         ("teacher", teacher_padded_vocab, t_size),
         ("student", student_padded_vocab, s_size),
@@ -98,9 +94,9 @@ def teacher_logits_to_student_shard(
     ):
         return teacher_logits
 
-    s_local = student_padded_vocab // s_size
-    s_start = s_rank * s_local
-    n_real = min(max(vocab_size - s_start, 0), s_local)  # student columns that are real tokens
+    student = VocabShard.of(student_tp_group, student_padded_vocab // s_size, vocab_size)
+    s_local, s_start = student.columns, student.offset
+    n_real = student.n_valid  # student columns that are real tokens
     if t_size == 1:
         if n_real == s_local:
             return teacher_logits[..., s_start : s_start + s_local].clone()
@@ -120,3 +116,30 @@ def teacher_logits_to_student_shard(
                 ..., begin - index * t_local : end - index * t_local
             ]
     return out
+
+
+def vocab_parallel_argmax(
+    logits: torch.Tensor, vocab_size: int, tp_group: dist.ProcessGroup | None = None
+) -> torch.Tensor:
+    """Global argmax over a TP-sharded vocab (ignoring padded columns), without gathering it.
+
+    ``tp_group`` None: Megatron-Core's TP group when model parallel is initialised. Ties
+    go to the lowest vocab id, as ``torch.argmax`` over the whole vocabulary would.
+    """
+    shard = VocabShard.of(resolve_tp_group(tp_group), logits.size(-1), vocab_size)
+    logits = logits.float()
+    valid = shard.n_valid
+    if valid < shard.columns:
+        logits = (
+            logits[..., :valid] if valid > 0 else torch.full_like(logits[..., :1], float("-inf"))
+        )
+    value, index = logits.max(dim=-1)
+    index = index + shard.offset
+    if shard.world_size == 1:
+        return index
+    values = [torch.empty_like(value) for _ in range(shard.world_size)]
+    indices = [torch.empty_like(index) for _ in range(shard.world_size)]
+    dist.all_gather(values, value, group=shard.group)
+    dist.all_gather(indices, index, group=shard.group)
+    best = torch.stack(values).argmax(dim=0, keepdim=True)  # first max wins: lowest vocab id
+    return torch.stack(indices).gather(0, best).squeeze(0)

@@ -17,10 +17,11 @@ from functools import partial
 
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state, tensor_parallel
+from megatron.core import tensor_parallel
 
 from megatron_salt.distill import (
     combine_salt_loss,
+    vocab_parallel_argmax,
     vocab_parallel_kd_loss,
     vocab_parallel_salt_loss,
 )
@@ -140,31 +141,6 @@ def _teacher_measures(
         "teacher lm loss": torch.stack([(teacher_ce * loss_mask).sum(), count]),
         "top1 agreement": torch.stack([(agree * loss_mask).sum(), count]),
     }
-
-
-def vocab_parallel_argmax(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Global argmax over a TP-sharded vocab (ignoring padded columns), without gathering it."""
-    group = parallel_state.get_tensor_model_parallel_group()
-    rank = parallel_state.get_tensor_model_parallel_rank()
-    local_vocab = logits.size(-1)
-    offset = rank * local_vocab
-    logits = logits.float()
-    valid = max(0, min(local_vocab, vocab_size - offset))
-    if valid < local_vocab:
-        logits = (
-            logits[..., :valid] if valid > 0 else torch.full_like(logits[..., :1], float("-inf"))
-        )
-    value, index = logits.max(dim=-1)
-    index = index + offset
-    world = parallel_state.get_tensor_model_parallel_world_size()
-    if world == 1:
-        return index
-    values = [torch.empty_like(value) for _ in range(world)]
-    indices = [torch.empty_like(index) for _ in range(world)]
-    dist.all_gather(values, value, group=group)
-    dist.all_gather(indices, index, group=group)
-    best = torch.stack(values).argmax(dim=0, keepdim=True)  # first max wins: lowest vocab id
-    return torch.stack(indices).gather(0, best).squeeze(0)
 
 
 def reduce_reports(
