@@ -34,6 +34,7 @@ from megatron.core import parallel_state
 from megatron_salt.checkpoint_dir import load_model_config, open_checkpoint
 from megatron_salt.compat import current_device
 from megatron_salt.config import ParallelConfig, PrecisionConfig
+from megatron_salt.distill import VocabShard
 from megatron_salt.selection.sidecar import (
     BinFingerprint,
     ScoreHeader,
@@ -169,12 +170,9 @@ def vocab_parallel_loss_and_top_k(
     exactly ``label_logit >= (k-th largest logit)``: each rank contributes its local
     top-k values (k per token), so only per-token data crosses the TP group.
     """
-    world = dist.get_world_size(tp_group) if tp_group is not None else 1
-    rank = dist.get_rank(tp_group) if tp_group is not None else 0
-    local = logits.size(-1)
-    start = rank * local
+    shard = VocabShard.of(tp_group, logits.size(-1), vocab_size)
+    world, local, start, valid = shard.world_size, shard.columns, shard.offset, shard.n_valid
     logits = logits.float()
-    valid = min(max(vocab_size - start, 0), local)
     if valid < local:
         logits = logits.clone()
         logits[..., valid:] = float("-inf")
