@@ -32,7 +32,7 @@ import logging
 import os
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,41 @@ class CheckpointError(RuntimeError):
 
 
 # --- layout ---------------------------------------------------------------------
+
+
+@dataclass
+class TrainState:
+    """Where a run stands; every checkpoint's common state holds it as ``train_state``.
+
+    The one place that dictionary is written (:meth:`to_dict`) and read back
+    (:meth:`from_dict`): by the trainer's saves and resumes, and by import-hf (a state
+    at iteration 0 marked ``weights_only``).
+    """
+
+    iteration: int = 0
+    consumed_samples: dict[str, int] = field(default_factory=lambda: {"train": 0, "kd": 0})
+    train_time_s: float = 0.0  # the slowest rank's time in steps, over all launches
+    kd_released_at: int | None = None  # iteration the teacher was released at
+
+    def to_dict(self, **extra: Any) -> dict[str, Any]:
+        """The checkpoint's ``train_state``; ``extra``: ``layout``, ``weights_only``, ..."""
+        return {
+            "iteration": self.iteration,
+            "consumed_samples": dict(self.consumed_samples),
+            "train_time_s": self.train_time_s,
+            "kd_released_at": self.kd_released_at,
+            **extra,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainState:
+        """Read back :meth:`to_dict` (a Megatron-LM checkpoint gives the iteration alone)."""
+        return cls(
+            iteration=values["iteration"],
+            consumed_samples=dict(values.get("consumed_samples") or {"train": 0, "kd": 0}),
+            train_time_s=values.get("train_time_s", 0.0),
+            kd_released_at=values.get("kd_released_at"),
+        )
 
 
 def iteration_dir(root: str | Path, iteration: int) -> Path:

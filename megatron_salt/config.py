@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from megatron_salt.distill.schedule import kd_weight
+
 MODEL_CONFIG_FILE = "model_config.json"
 
 
@@ -193,3 +195,13 @@ class KDConfig:
         """A teacher runs for the first ``iters`` steps (with ``alpha == 0`` it is only
         measured: its loss and agreement are logged, the student trains on CE alone)."""
         return self.teacher_load is not None and self.iters > 0
+
+    def in_phase(self, step: int) -> bool:
+        """Is the 0-based optimizer step ``step`` one of the KD phase's?"""
+        return self.enabled and step < self.iters
+
+    def weight(self, step: int) -> float:
+        """``w`` of the loss at ``step``: the schedule's during the KD phase, 0 after it."""
+        if not self.in_phase(step):
+            return 0.0
+        return kd_weight(step, alpha=self.alpha, kd_iters=self.iters, schedule=self.schedule)

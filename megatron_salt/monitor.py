@@ -117,13 +117,57 @@ class WandbLog:
         logger.info("wandb: project %s, run %s, group %s, mode %s", project, name, group, mode)
 
     def log(self, values: dict[str, Any], step: int) -> None:
-        if self.run is not None:
-            self.run.log({k: v for k, v in values.items() if v is not None}, step=step)
+        values = {k: v for k, v in values.items() if v is not None}
+        if self.run is not None and values:
+            self.run.log(values, step=step)
 
     def finish(self) -> None:
         if self.run is not None:
             self.run.finish()
             self.run = None
+
+
+#: How an event record shows in wandb (its metrics.jsonl record is the whole event).
+WANDB_EVENTS = {"kd_end": "kd/teacher_released"}
+
+
+def wandb_view(kind: str, record: dict[str, Any]) -> dict[str, Any]:
+    """A metrics.jsonl record as the wandb row ``report.read_wandb_run`` reads back.
+
+    ``train/<name>`` for training records, ``valid/<name>`` for evaluations (their
+    train time is the training records'), ``kd/teacher_released`` for the KD phase's end;
+    the run header is wandb's config already.
+    """
+    if kind == "train":
+        return {f"train/{k}": v for k, v in record.items()}
+    if kind == "eval":
+        return {f"valid/{k}": v for k, v in record.items() if k != "train time (s)"}
+    if kind == "event" and record.get("event") in WANDB_EVENTS:
+        return {WANDB_EVENTS[record["event"]]: 1}
+    return {}
+
+
+class RunLog:
+    """Where a run's records go: the console, ``metrics.jsonl`` and wandb, from one call.
+
+    Only the logging rank writes; on every other rank each call does nothing.
+    """
+
+    def __init__(self, metrics: MetricsLog, wandb: WandbLog, *, enabled: bool) -> None:
+        self.metrics, self.wandb, self.enabled = metrics, wandb, enabled
+
+    def write(
+        self, kind: str, iteration: int, record: dict[str, Any], *, console: str | None = None
+    ) -> None:
+        if not self.enabled:
+            return
+        if console is not None:
+            print(console, flush=True)
+        self.metrics.write(kind, iteration, record)
+        self.wandb.log(wandb_view(kind, record), step=iteration)
+
+    def finish(self) -> None:
+        self.wandb.finish()
 
 
 def console_line(iteration: int, train_iters: int, values: dict[str, Any]) -> str:

@@ -272,7 +272,6 @@ def test_combine_salt_loss_mixes_masks_and_reports():
     parts.total_sum.backward()
     torch.testing.assert_close(lm.grad, 0.75 * mask.float())
     torch.testing.assert_close(kd.grad, 0.25 * mask.float())
-    torch.testing.assert_close(parts.report()["kd loss"], torch.tensor([4.75, 4.0]))
     # Megatron's schedule divides the returned loss in place: the logged parts must not move.
     parts.total_sum.detach().div_(4)
     assert parts.lm_sum.item() == pytest.approx(11) and parts.kd_sum.item() == pytest.approx(4.75)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_salt.checkpoint_dir import TRACKER_FILE, iteration_dir, write_manifest
+from megatron_salt.checkpoint_dir import TRACKER_FILE, TrainState, iteration_dir, write_manifest
 from megatron_salt.compat.versions import write_legacy_common_state
 from megatron_salt.config import ModelConfig, ParallelConfig, PrecisionConfig
 from megatron_salt.convert.errors import ConversionError
@@ -244,15 +244,11 @@ def import_hf(
             ckpt.mkdir()
             state = {
                 "model": model.sharded_state_dict(),
-                "train_state": {
-                    "iteration": 0,
-                    "consumed_samples": {"train": 0, "kd": 0},
-                    "train_time_s": 0.0,
-                    "kd_released_at": None,
-                    "layout": None,
-                    "weights_only": True,
-                    "imported_from": f"huggingface:{hf.architecture}",
-                },
+                "train_state": TrainState().to_dict(
+                    layout=None,
+                    weights_only=True,
+                    imported_from=f"huggingface:{hf.architecture}",
+                ),
             }
             dist_checkpointing.save(state, str(ckpt))
             write_legacy_common_state(ckpt)

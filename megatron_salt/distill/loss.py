@@ -21,7 +21,7 @@ __all__ = ["SaltLossParts", "combine_salt_loss"]
 class SaltLossParts:
     """Summed loss terms of one microbatch over its masked tokens."""
 
-    total_sum: torch.Tensor  # differentiable: sum of (1 - w) * CE + w * KD
+    total_sum: torch.Tensor  # differentiable: sum of (1 - w) * CE + w * KD; shares no storage
     lm_sum: torch.Tensor  # detached: sum of CE
     kd_sum: torch.Tensor  # detached: sum of KD (0 when there is no KD term)
     num_tokens: torch.Tensor  # int scalar: loss_mask.sum()
@@ -40,19 +40,6 @@ class SaltLossParts:
     @property
     def kd_mean(self) -> torch.Tensor:
         return self._mean(self.kd_sum)
-
-    def report(self) -> dict[str, torch.Tensor]:
-        """Logging dict in Megatron-LM's ``loss_func`` convention: name -> ``[sum, count]``.
-
-        Megatron-LM's training loop sums these pairs over microbatches and data-parallel
-        ranks and logs ``sum / count``.
-        """
-        count = self.num_tokens.to(torch.float32).view(1)
-        return {
-            "lm loss": torch.cat([self.lm_sum.float().view(1), count]),
-            "kd loss": torch.cat([self.kd_sum.float().view(1), count]),
-            "salt loss": torch.cat([self.total_sum.detach().float().view(1), count]),
-        }
 
 
 def combine_salt_loss(
@@ -87,18 +74,19 @@ def combine_salt_loss(
     num_tokens = keep.sum().to(torch.int)
     lm_sum = lm_masked.sum()
     if kd_loss is None or kd_weight == 0.0:
-        # clone: Megatron's schedule divides the returned loss in place.
+        # The one copy: Megatron's schedule divides the returned loss in place, and the
+        # logged CE must not move with it.
         return SaltLossParts(
             total_sum=lm_sum.clone(),
-            lm_sum=lm_sum.detach().clone(),
+            lm_sum=lm_sum.detach(),
             kd_sum=torch.zeros((), dtype=torch.float32, device=lm_sum.device),
             num_tokens=num_tokens,
         )
     kd_sum = torch.where(keep, kd_loss.float(), 0.0).sum()
     total_sum = (1.0 - kd_weight) * lm_sum + kd_weight * kd_sum
     return SaltLossParts(
-        total_sum=total_sum,
-        lm_sum=lm_sum.detach().clone(),
-        kd_sum=kd_sum.detach().clone(),
+        total_sum=total_sum,  # a new tensor: dividing it in place moves neither part
+        lm_sum=lm_sum.detach(),
+        kd_sum=kd_sum.detach(),
         num_tokens=num_tokens,
     )

@@ -18,11 +18,14 @@ from the previous complete checkpoint.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import errno
 import json
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +38,19 @@ from torch.distributed.checkpoint.api import CheckpointException
 from megatron_salt.checkpoint_dir import (
     TRACKER_FILE,
     CheckpointError,
+    TrainState,
     iteration_dir,
     latest_iteration,
+    open_checkpoint,
     reading_checkpoint,
     resolve_checkpoint,
     write_manifest,
 )
+from megatron_salt.compat import current_device as device
 from megatron_salt.compat.versions import write_legacy_common_state
 from megatron_salt.config import ModelConfig
 from megatron_salt.rng import capture_rng_state, restore_rng_state
+from megatron_salt.training.arguments import FlagError
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +105,7 @@ def save_checkpoint(
     model: torch.nn.Module,
     optimizer: Any,
     scheduler: Any,
-    train_state: dict[str, Any],
+    train_state: TrainState,
     model_cfg: ModelConfig,
     run_args: dict[str, Any],
 ) -> Path:
@@ -118,7 +125,7 @@ def save_checkpoint(
         state = _sharded_state(model, optimizer, is_loading=False)
         state["rng_state"] = _rng_sharded_object(capture_rng_state())
         state["opt_param_scheduler"] = scheduler.state_dict()
-        state["train_state"] = dict(train_state, layout=_layout())
+        state["train_state"] = train_state.to_dict(layout=_layout())
         dist_checkpointing.save(state, str(partial))
 
         if rank == 0:
@@ -193,7 +200,7 @@ def load_checkpoint(
     scheduler: Any,
     load_optimizer: bool = True,
     load_rng: bool = True,
-) -> dict[str, Any]:
+) -> TrainState:
     """Restore everything :func:`save_checkpoint` wrote; return its ``train_state``.
 
     ``root``: a checkpoint root or ``iter_N`` directory, already checked by
@@ -240,4 +247,90 @@ def load_checkpoint(
             _layout(),
         )
     logger.info("loaded checkpoint %s (iteration %d)", ckpt, train_state["iteration"])
-    return train_state
+    return TrainState.from_dict(train_state)
+
+
+class Checkpointer:
+    """A run's checkpoints: when it saves, and the pair that saves and restores its state.
+
+    Saves every ``--save-interval`` steps, at the last step and when the run exits early;
+    resumes from ``--load`` (or, with ``--finetune``, takes its weights alone).
+    """
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        *,
+        model: torch.nn.Module,
+        optimizer: Any,
+        scheduler: Any,
+        model_cfg: ModelConfig,
+    ) -> None:
+        self.args = args
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        # Saved with the padded vocab the weights have, so any later run rebuilds that size.
+        self.model_cfg = dataclasses.replace(
+            model_cfg,
+            trained_padded_vocab_size=model_cfg.padded_vocab_size(
+                args.tensor_model_parallel_size
+            ),
+        )
+
+    def due(self, iteration: int, *, exiting: bool = False) -> bool:
+        args = self.args
+        if not args.save:
+            return False
+        return (
+            bool(args.save_interval and iteration % args.save_interval == 0)
+            or iteration == args.train_iters
+            or exiting
+        )
+
+    def save(self, state: TrainState) -> None:
+        """Save ``state`` with the model, optimizer, scheduler and RNG (collective)."""
+        start = time.perf_counter()
+        # Ranks time their steps independently; the checkpoint keeps the slowest.
+        elapsed = torch.tensor([state.train_time_s], dtype=torch.float64, device=device())
+        dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+        state.train_time_s = elapsed.item()
+        try:
+            path = save_checkpoint(
+                self.args.save,
+                state.iteration,
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                train_state=state,
+                model_cfg=self.model_cfg,
+                run_args=vars(self.args),
+            )
+        except CheckpointError as err:
+            raise FlagError(f"pretrain_salt.py: error: --save {self.args.save}: {err}") from None
+        logger.info("saved checkpoint %s in %.1fs", path, time.perf_counter() - start)
+
+    def restore(self) -> TrainState | None:
+        """Resume from ``--load``: its state, or None when starting fresh (or finetuning)."""
+        args = self.args
+        try:
+            if latest_iteration(args.load) is None:
+                if args.finetune:
+                    raise CheckpointError(f"{args.load} holds no checkpoint to finetune from")
+                logger.info("no checkpoint in %s yet: starting from scratch", args.load)
+                return None
+            opened = open_checkpoint(
+                args.load,
+                verify=not args.no_ckpt_verify,
+                fallback=args.ckpt_load_fallback,
+                log=logger.warning,
+            )
+            state = load_checkpoint(
+                opened.path,
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                load_optimizer=not (args.no_load_optim or args.finetune),
+                load_rng=not (args.no_load_rng or args.finetune),
+            )
+        except CheckpointError as err:
+            raise FlagError(f"pretrain_salt.py: error: --load: {err}") from None
+        return None if args.finetune else state

@@ -10,7 +10,7 @@ samples consumed, which the checkpoint records.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -117,9 +117,3 @@ def microbatches(
         for m in range(layout.num_microbatches)
     ]
 
-
-def iterate_microbatches(
-    dataset: GPTDataset, layout: BatchLayout, steps: range, device: torch.device
-) -> Iterator[dict[str, torch.Tensor]]:
-    for step in steps:
-        yield from microbatches(dataset, layout, step, device)

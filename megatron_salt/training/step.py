@@ -11,7 +11,7 @@ data-parallel ranks exactly.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import tensor_parallel
 
+from megatron_salt.config import KDConfig
 from megatron_salt.distill import (
     combine_salt_loss,
     vocab_parallel_argmax,
@@ -29,22 +30,12 @@ from megatron_salt.teacher import Teacher
 
 
 @dataclass
-class KDStepConfig:
-    """What the loss needs to know about KD for the current step."""
-
-    teacher: Teacher
-    weight: float
-    temperature: float
-    top_k: int | None
-    vocab_size: int  # true vocab size: padded columns carry no probability
-    measure: bool = False  # also compute teacher LM loss and top-1 agreement
-
-
-@dataclass
 class StepTimes:
+    """Time the teacher's share of a step (``synchronize``: make GPU timings honest, at
+    the cost of one device synchronisation per micro-batch)."""
+
     teacher_s: float = 0.0
-    kd_loss_s: float = 0.0
-    synchronize: bool = False  # make GPU timings honest (costs a sync per micro-batch)
+    synchronize: bool = False
 
     def now(self) -> float:
         if self.synchronize and torch.cuda.is_available():
@@ -54,17 +45,27 @@ class StepTimes:
 
 @dataclass
 class ForwardStep:
-    """Callable passed as ``forward_step_func`` to ``get_forward_backward_func()``."""
+    """Callable passed as ``forward_step_func`` to ``get_forward_backward_func()``.
 
-    kd: KDStepConfig | None = None
+    Without ``teacher``: next-token prediction. With it: the teacher runs on each
+    micro-batch and the loss is ``(1-w)*CE + w*KD`` with ``w = weight`` and the run's
+    ``kd`` settings (temperature, top-k); ``measure`` also reports the teacher's LM loss
+    and its top-1 agreement with the student.
+    """
+
+    teacher: Teacher | None = None
+    kd: KDConfig | None = None
+    vocab_size: int | None = None  # true vocab size: padded columns carry no probability
+    weight: float = 0.0
+    measure: bool = False
     times: StepTimes = field(default_factory=StepTimes)
 
     def __call__(self, data_iterator: Iterator[dict[str, torch.Tensor]], model: torch.nn.Module):
         batch = next(data_iterator)
         teacher_logits = None
-        if self.kd is not None:
+        if self.teacher is not None:
             start = self.times.now()
-            teacher_logits = self.kd.teacher.forward(batch)
+            teacher_logits = self.teacher.forward(batch)
             self.times.teacher_s += self.times.now() - start
         logits = model(
             batch["tokens"],
@@ -83,42 +84,50 @@ class ForwardStep:
         """``logits``: ``[s, b, v/tp]`` from :class:`SaltGPTModel` on the last stage."""
         labels = batch["labels"].t().contiguous()
         loss_mask = batch["loss_mask"].t().float()
-        kd = self.kd
         lm_loss = kd_loss = None
         measures = {}
         if teacher_logits is not None:
-            kd_args = dict(vocab_size=kd.vocab_size, temperature=kd.temperature, top_k=kd.top_k)
-            start = self.times.now()
-            if kd.weight > 0.0:
+            kd = self.kd
+            if self.weight > 0.0:
                 # One pass over the logits gives both terms, with no copy of them. Its CE
                 # excludes padded vocab columns (no probability, as in the KD term).
                 lm_loss, kd_loss = vocab_parallel_salt_loss(
-                    logits, teacher_logits, labels, **kd_args
+                    logits,
+                    teacher_logits,
+                    labels,
+                    vocab_size=self.vocab_size,
+                    temperature=kd.temperature,
+                    top_k=kd.top_k,
                 )
             else:
                 # w == 0: the teacher is only measured. The CE below stays Megatron's, so
                 # a run with --kd-alpha 0 trains bitwise like one without a teacher; the
                 # KD value is reported, never differentiated (nothing kept for backward).
                 with torch.no_grad():
-                    kd_loss = vocab_parallel_kd_loss(logits, teacher_logits, **kd_args)
-            self.times.kd_loss_s += self.times.now() - start
-            if kd.measure:  # before Megatron's CE, which rewrites fp32 logits in place
+                    kd_loss = vocab_parallel_kd_loss(
+                        logits,
+                        teacher_logits,
+                        vocab_size=self.vocab_size,
+                        temperature=kd.temperature,
+                        top_k=kd.top_k,
+                    )
+            if self.measure:  # before Megatron's CE, which rewrites fp32 logits in place
                 measures = _teacher_measures(
-                    logits, teacher_logits, labels, loss_mask, kd.vocab_size
+                    logits, teacher_logits, labels, loss_mask, self.vocab_size
                 )
         if lm_loss is None:
             lm_loss = tensor_parallel.vocab_parallel_cross_entropy(logits, labels)
-        parts = combine_salt_loss(lm_loss, kd_loss, loss_mask, kd.weight if kd else 0.0)
+        parts = combine_salt_loss(lm_loss, kd_loss, loss_mask, self.weight)
         count = parts.num_tokens.detach().float()
         report = {
-            "lm loss": torch.stack([parts.lm_sum.detach().float(), count]),
+            "lm loss": torch.stack([parts.lm_sum.float(), count]),
             "total loss": torch.stack([parts.total_sum.detach().float(), count]),
             **measures,
         }
         if kd_loss is not None:
-            report["kd loss"] = torch.stack([parts.kd_sum.detach().float(), count])
-        # clone: the schedule divides the returned loss in place.
-        return parts.total_sum.clone(), parts.num_tokens, report
+            report["kd loss"] = torch.stack([parts.kd_sum.float(), count])
+        # The schedule divides total_sum in place; it shares no storage with the report.
+        return parts.total_sum, parts.num_tokens, report
 
 
 @torch.no_grad()
@@ -157,5 +166,3 @@ def reduce_reports(
         k: (s / c).item() if c > 0 else float("nan") for k, (s, c) in zip(keys, totals, strict=True)
     }
 
-
-LossFunc = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]

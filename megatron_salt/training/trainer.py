@@ -5,11 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import math
 import os
 import signal
-import time
-from collections import defaultdict
 from typing import Any
 
 import torch
@@ -27,20 +24,18 @@ from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
 from megatron_salt.checkpoint_dir import (
     CheckpointError,
-    latest_iteration,
+    TrainState,
     load_model_config,
-    open_checkpoint,
     resolve_checkpoint,
 )
 from megatron_salt.compat import current_device as device
 from megatron_salt.config import ModelConfig, ParallelConfig, PrecisionConfig
 from megatron_salt.data.token_range import max_token_id
-from megatron_salt.distill import check_vocab_compatible, kd_weight
+from megatron_salt.distill import check_vocab_compatible
 from megatron_salt.model import build_gpt_model, transformer_config
-from megatron_salt.monitor import MetricsLog, WandbLog, console_line, format_eta
+from megatron_salt.monitor import MetricsLog, RunLog, WandbLog
 from megatron_salt.teacher import Teacher
 from megatron_salt.tokenizer import TokenizerError, build_tokenizer
-from megatron_salt.training import checkpointing
 from megatron_salt.training.arguments import (
     FlagError,
     blend_prefixes,
@@ -48,6 +43,7 @@ from megatron_salt.training.arguments import (
     model_config_from_args,
     wandb_group,
 )
+from megatron_salt.training.checkpointing import Checkpointer
 from megatron_salt.training.data import (
     BatchLayout,
     DatasetTokenizer,
@@ -56,7 +52,9 @@ from megatron_salt.training.data import (
     microbatches,
 )
 from megatron_salt.training.kd_data import EmptySelectionError, build_kd_dataset
-from megatron_salt.training.step import ForwardStep, KDStepConfig, StepTimes, reduce_reports
+from megatron_salt.training.progress import StepResult, TrainLog
+from megatron_salt.training.step import ForwardStep, StepTimes, reduce_reports
+from megatron_salt.training.validation import Validation
 
 logger = logging.getLogger("megatron_salt")
 
@@ -98,42 +96,54 @@ class Trainer:
         self._build_student()
         self._build_data(DatasetTokenizer(tokenizer.eod, tokenizer.vocab_size))
 
-        self.iteration = 0
-        self.consumed = {"train": 0, "kd": 0}
-        self.train_time_s = 0.0
-        self.kd_released_at: int | None = None
-        resumed = self._load() if args.load else None
+        self.checkpoints = Checkpointer(
+            args,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            model_cfg=self.model_cfg,
+        )
+        resumed = self.checkpoints.restore() if args.load else None
+        self.state = resumed or TrainState()
 
         self.teacher: Teacher | None = None
-        if self.kd.enabled and self.iteration < self.kd.iters:
-            try:
-                self.teacher = Teacher.from_checkpoint(
-                    self.kd.teacher_load,
-                    student_cfg=self.model_cfg,
-                    tensor_model_parallel_size=self.kd.teacher_tensor_model_parallel_size,
-                    pipeline_model_parallel_size=self.kd.teacher_pipeline_model_parallel_size,
-                    precision=self.precision,
-                    micro_batch_size=args.micro_batch_size,
-                    verify=not args.no_ckpt_verify,
-                    student_tokenizer=(args.tokenizer_type, args.tokenizer_model),
-                )
-            except (CheckpointError, ValueError, FileNotFoundError) as err:
-                raise FlagError(
-                    f"pretrain_salt.py: error: --kd-teacher-load {self.kd.teacher_load}: {err}"
-                ) from None
+        if self.kd.in_phase(self.state.iteration):
+            self.teacher = self._load_teacher()
 
-        self.metrics = MetricsLog(args.save if self.is_logging_rank else None, resumed)
-        if self.is_logging_rank:
-            self.metrics.write("run", self.iteration, self._run_header())
-        self.wandb = WandbLog(
-            project=args.wandb_project if self.is_logging_rank else None,
-            name=args.wandb_exp_name,
-            group=wandb_group(args),
-            tags=["salt" if self.kd.enabled else "baseline"],
-            save_dir=args.wandb_save_dir or (f"{args.save}/wandb" if args.save else None),
-            config=vars(args),
+        self.log = RunLog(
+            MetricsLog(
+                args.save if self.is_logging_rank else None,
+                resumed.iteration if resumed else None,
+            ),
+            WandbLog(
+                project=args.wandb_project if self.is_logging_rank else None,
+                name=args.wandb_exp_name,
+                group=wandb_group(args),
+                tags=["salt" if self.kd.enabled else "baseline"],
+                save_dir=args.wandb_save_dir or (f"{args.save}/wandb" if args.save else None),
+                config=vars(args),
+            ),
+            enabled=self.is_logging_rank,
+        )
+        self.log.write("run", self.state.iteration, self._run_header())
+        self.train_log = TrainLog(
+            args.log_interval,
+            train_iters=args.train_iters,
+            global_batch_size=args.global_batch_size,
+            seq_length=args.seq_length,
+            start_iteration=self.state.iteration,
+            kd_enabled=self.kd.enabled,
+        )
+        self.validation = Validation(
+            self.datasets["valid"],
+            self.layout,
+            eval_iters=args.eval_iters,
+            eval_interval=args.eval_interval,
+            train_iters=args.train_iters,
+            run_log=self.log,
         )
         self.forward_backward = get_forward_backward_func()
+        self.times = StepTimes(synchronize=torch.cuda.is_available())
         self._exit_signal = _SignalFlag(signal.SIGTERM) if args.exit_signal_handler else None
         n_params = sum(p.numel() for p in self.model.parameters())
         logger.info(
@@ -169,6 +179,24 @@ class Trainer:
         }
 
     # --- construction -------------------------------------------------------
+
+    def _load_teacher(self) -> Teacher:
+        args, kd = self.args, self.kd
+        try:
+            return Teacher.from_checkpoint(
+                kd.teacher_load,
+                student_cfg=self.model_cfg,
+                tensor_model_parallel_size=kd.teacher_tensor_model_parallel_size,
+                pipeline_model_parallel_size=kd.teacher_pipeline_model_parallel_size,
+                precision=self.precision,
+                micro_batch_size=args.micro_batch_size,
+                verify=not args.no_ckpt_verify,
+                student_tokenizer=(args.tokenizer_type, args.tokenizer_model),
+            )
+        except (CheckpointError, ValueError, FileNotFoundError) as err:
+            raise FlagError(
+                f"pretrain_salt.py: error: --kd-teacher-load {kd.teacher_load}: {err}"
+            ) from None
 
     def _agree_with_checkpoint(self, cfg: ModelConfig) -> ModelConfig:
         """Check the flags against ``--load``'s architecture; take its padded vocabulary.
@@ -338,187 +366,96 @@ class Trainer:
                     "(was the data tokenized with another tokenizer?)"
                 )
 
-    def _load(self) -> int | None:
-        """Resume from ``--load`` (or take its weights, with ``--finetune``)."""
-        args = self.args
-        try:
-            if latest_iteration(args.load) is None:
-                if args.finetune:
-                    raise CheckpointError(f"{args.load} holds no checkpoint to finetune from")
-                logger.info("no checkpoint in %s yet: starting from scratch", args.load)
-                return None
-            opened = open_checkpoint(
-                args.load,
-                verify=not args.no_ckpt_verify,
-                fallback=args.ckpt_load_fallback,
-                log=logger.warning,
-            )
-            state = checkpointing.load_checkpoint(
-                opened.path,
-                model=self.model,
-                optimizer=self.optimizer,
-                scheduler=self.scheduler,
-                load_optimizer=not (args.no_load_optim or args.finetune),
-                load_rng=not (args.no_load_rng or args.finetune),
-            )
-        except CheckpointError as err:
-            raise FlagError(f"pretrain_salt.py: error: --load: {err}") from None
-        if args.finetune:
-            return None
-        self.iteration = state["iteration"]
-        self.consumed = dict(state["consumed_samples"])
-        self.train_time_s = state["train_time_s"]
-        self.kd_released_at = state.get("kd_released_at")
-        return self.iteration
-
     # --- the loop -----------------------------------------------------------
 
-    def _in_kd_phase(self, step: int) -> bool:
-        return self.kd.enabled and step < self.kd.iters
+    def train(self) -> dict[str, Any]:
+        """Step until ``--train-iters`` (or an early exit); each periodic job decides when."""
+        args, state = self.args, self.state
+        last_eval = None
+        while state.iteration < args.train_iters:
+            if self.teacher is not None and not self.kd.in_phase(state.iteration):
+                self._release_teacher()
+            self.train_log.add(self.train_step())
+            if self.train_log.due(state.iteration):
+                console, record = self.train_log.line(
+                    state.iteration,
+                    learning_rate=self.optimizer.param_groups[0]["lr"],
+                    train_time_s=state.train_time_s,
+                    with_teacher=self.teacher is not None,
+                )
+                self.log.write("train", state.iteration, record, console=console)
+            if self.validation.due(state.iteration):
+                last_eval = self.validation.run(
+                    self.model,
+                    self._run_schedule,
+                    iteration=state.iteration,
+                    train_time_s=state.train_time_s,
+                )
+            exit_reason = self._exit_reason(state.iteration)
+            if self.checkpoints.due(state.iteration, exiting=exit_reason is not None):
+                self.checkpoints.save(state)
+            if exit_reason is not None:
+                logger.info("exiting at iteration %d (%s)", state.iteration, exit_reason)
+                break
+        return {
+            "iteration": state.iteration,
+            "val_loss": last_eval,
+            "train_time_s": state.train_time_s,
+            "kd_released_at": state.kd_released_at,
+        }
+
+    def train_step(self) -> StepResult:
+        """One optimizer step: the micro-batches through the schedule, then the update."""
+        step = self.state.iteration
+        weight = self.kd.weight(step)
+        forward_step = ForwardStep(times=self.times)
+        if self.teacher is not None:
+            forward_step = ForwardStep(
+                teacher=self.teacher,
+                kd=self.kd,
+                vocab_size=self.model_cfg.vocab_size,
+                weight=weight,
+                # the teacher's loss and agreement, on the step that ends a log interval
+                measure=self.train_log.due(step + 1),
+                times=self.times,
+            )
+        batches = self._next_batches(step)
+
+        start = self.times.now()
+        self.times.teacher_s = 0.0
+        self.model.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        reports = self._run_schedule(forward_step, batches, forward_only=False)
+        if self.teacher is not None:
+            self.teacher.finish_step()
+        update_ok, grad_norm, _ = self.optimizer.step()
+        if update_ok:
+            self.scheduler.step(increment=1)
+        step_time = self.times.now() - start
+        self.state.train_time_s += step_time
+        self.state.iteration += 1
+        return StepResult(
+            losses=reduce_reports(reports, parallel_state.get_data_parallel_group())
+            if self.is_last_stage
+            else {},
+            step_time_s=step_time,
+            teacher_time_s=self.times.teacher_s,
+            grad_norm=grad_norm,
+            update_ok=update_ok,
+            kd_weight=weight,
+        )
 
     def _next_batches(self, step: int) -> list[dict[str, torch.Tensor]]:
-        source = "kd" if (self._in_kd_phase(step) and "kd" in self.datasets) else "train"
+        source = "kd" if (self.kd.in_phase(step) and "kd" in self.datasets) else "train"
+        consumed = self.state.consumed_samples
         batches = microbatches(
             self.datasets[source],
             self.layout,
-            self.consumed[source] // self.layout.global_batch_size,
+            consumed[source] // self.layout.global_batch_size,
             device(),
         )
-        self.consumed[source] += self.layout.global_batch_size
+        consumed[source] += self.layout.global_batch_size
         return batches
-
-    def train(self) -> dict[str, Any]:
-        args = self.args
-        interval: dict[str, list[float]] = defaultdict(list)
-        times = StepTimes(synchronize=torch.cuda.is_available())
-        start_iteration = self.iteration
-        last_eval = None
-        summary: dict[str, Any] = {}
-        while self.iteration < args.train_iters:
-            step = self.iteration
-            if self.teacher is not None and not self._in_kd_phase(step):
-                self._release_teacher()
-            weight = (
-                kd_weight(
-                    step, alpha=self.kd.alpha, kd_iters=self.kd.iters, schedule=self.kd.schedule
-                )
-                if self._in_kd_phase(step)
-                else 0.0
-            )
-            measure = (step + 1) % args.log_interval == 0
-            forward_step = ForwardStep(times=times)
-            if self.teacher is not None:
-                forward_step.kd = KDStepConfig(
-                    teacher=self.teacher,
-                    weight=weight,
-                    temperature=self.kd.temperature,
-                    top_k=self.kd.top_k,
-                    vocab_size=self.model_cfg.vocab_size,
-                    measure=measure,
-                )
-            batches = self._next_batches(step)
-
-            start = times.now()
-            times.teacher_s = times.kd_loss_s = 0.0
-            self.model.zero_grad_buffer()
-            self.optimizer.zero_grad()
-            reports = self._run_schedule(forward_step, batches, forward_only=False)
-            if self.teacher is not None:
-                self.teacher.finish_step()
-            update_ok, grad_norm, _ = self.optimizer.step()
-            if update_ok:
-                self.scheduler.step(increment=1)
-            step_time = times.now() - start
-            self.train_time_s += step_time
-            self.iteration += 1
-
-            values = (
-                reduce_reports(reports, parallel_state.get_data_parallel_group())
-                if self.is_last_stage
-                else {}
-            )
-            for name, value in values.items():
-                interval[name].append(value)
-            interval["step time"].append(step_time)
-            interval["teacher time"].append(times.teacher_s)
-            interval["grad norm"].append(grad_norm if grad_norm is not None else float("nan"))
-            interval["skipped"].append(0.0 if update_ok else 1.0)
-            interval["kd weight"].append(weight)
-
-            if self.iteration % args.log_interval == 0:
-                self._log_interval(interval, start_iteration)
-                interval.clear()
-            if self.iteration % args.eval_interval == 0 or self.iteration == args.train_iters:
-                if args.eval_iters:
-                    last_eval = self.evaluate()
-            signalled = self._signal_received()
-            exiting = signalled or (
-                args.exit_interval is not None and self.iteration % args.exit_interval == 0
-            )
-            if args.save and (
-                (args.save_interval and self.iteration % args.save_interval == 0)
-                or self.iteration == args.train_iters
-                or exiting
-            ):
-                self.save()
-            if exiting:
-                reason = "SIGTERM, --exit-signal-handler" if signalled else "--exit-interval"
-                logger.info("exiting at iteration %d (%s)", self.iteration, reason)
-                break
-        summary.update(
-            iteration=self.iteration,
-            val_loss=last_eval,
-            train_time_s=self.train_time_s,
-            kd_released_at=self.kd_released_at,
-        )
-        return summary
-
-    def _signal_received(self) -> bool:
-        """With --exit-signal-handler: did any rank get SIGTERM? (one all-reduce per step)"""
-        if self._exit_signal is None:
-            return False
-        flag = torch.tensor([float(self._exit_signal.received)], device=device())
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
-
-    def _log_interval(self, interval: dict[str, list[float]], start_iteration: int) -> None:
-        args = self.args
-
-        def mean(name: str) -> float | None:
-            vals = [v for v in interval.get(name, []) if not math.isnan(v)]
-            return sum(vals) / len(vals) if vals else None
-
-        step_time = mean("step time")
-        tokens = args.global_batch_size * args.seq_length
-        done = self.iteration - start_iteration
-        eta = step_time * (args.train_iters - self.iteration) if step_time else 0.0
-        teacher_share = (
-            (sum(interval["teacher time"]) / sum(interval["step time"])) if self.teacher else None
-        )
-        values: dict[str, Any] = {
-            "consumed samples": self.iteration * args.global_batch_size,
-            "elapsed time per iteration (ms)": step_time * 1000,
-            "tokens/s": tokens / step_time,
-            "learning rate": self.optimizer.param_groups[0]["lr"],
-            "global batch size": args.global_batch_size,
-            "lm loss": mean("lm loss"),
-            "kd loss": mean("kd loss"),
-            "kd weight": mean("kd weight") if self.kd.enabled else None,
-            "total loss": mean("total loss"),
-            "teacher lm loss": mean("teacher lm loss"),
-            "top1 agreement": mean("top1 agreement"),
-            "grad norm": mean("grad norm"),
-            "teacher time share": teacher_share,
-            "skipped iterations": int(sum(interval["skipped"])),
-            "eta": format_eta(eta),
-        }
-        if self.is_logging_rank:
-            print(console_line(self.iteration, args.train_iters, values), flush=True)
-            record = {k: v for k, v in values.items() if k != "eta" and v is not None}
-            record["train time (s)"] = self.train_time_s
-            record["iterations this run"] = done
-            self.metrics.write("train", self.iteration, record)
-            self.wandb.log({f"train/{k}": v for k, v in record.items()}, step=self.iteration)
 
     def _run_schedule(
         self, forward_step: ForwardStep, batches: list, *, forward_only: bool
@@ -534,91 +471,43 @@ class Trainer:
             forward_only=forward_only,
         )
 
-    @torch.no_grad()
-    def evaluate(self) -> float | None:
-        """Validation LM loss (no KD) on the same ``--eval-iters`` batches every time."""
-        args = self.args
-        self.model.eval()
-        reports = []
-        for step in range(args.eval_iters):
-            batches = microbatches(self.datasets["valid"], self.layout, step, device())
-            reports += self._run_schedule(ForwardStep(), batches, forward_only=True)
-        self.model.train()
-        values = (
-            reduce_reports(reports, parallel_state.get_data_parallel_group())
-            if self.is_last_stage
-            else {}
-        )
-        loss = values.get("lm loss")
-        if self.is_logging_rank:
-            ppl = math.exp(min(loss, 30.0))
-            print(
-                f" validation loss at iteration {self.iteration} | lm loss: {loss:.6E} "
-                f"| lm loss PPL: {ppl:.6E} |",
-                flush=True,
-            )
-            record = {"lm loss": loss, "train time (s)": self.train_time_s}
-            self.metrics.write("eval", self.iteration, record)
-            self.wandb.log({"valid/lm loss": loss}, step=self.iteration)
-        return loss
+    def _exit_reason(self, iteration: int) -> str | None:
+        """Why the run stops after ``iteration`` before ``--train-iters``, if it does.
+
+        With --exit-signal-handler: did any rank get SIGTERM? (one all-reduce per step)
+        """
+        if self._exit_signal is not None:
+            flag = torch.tensor([float(self._exit_signal.received)], device=device())
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item():
+                return "SIGTERM, --exit-signal-handler"
+        interval = self.args.exit_interval
+        if interval is not None and iteration % interval == 0:
+            return "--exit-interval"
+        return None
 
     def _release_teacher(self) -> None:
         freed = self.teacher.release()
         self.teacher = None
-        self.kd_released_at = self.iteration
+        self.state.kd_released_at = self.state.iteration
         freed_all = torch.tensor([freed], dtype=torch.float64, device=device())
         dist.all_reduce(freed_all)
-        message = (
-            f"KD phase ended at iteration {self.iteration}: teacher released "
-            f"({freed / 2**20:.1f} MiB of teacher weights on this rank, "
-            f"{freed_all.item() / 2**20:.1f} MiB over all ranks)"
+        logger.info(
+            "KD phase ended at iteration %d: teacher released (%.1f MiB of teacher weights on "
+            "this rank, %.1f MiB over all ranks)",
+            self.state.iteration,
+            freed / 2**20,
+            freed_all.item() / 2**20,
         )
-        logger.info(message)
-        if self.is_logging_rank:
-            self.metrics.write(
-                "event",
-                self.iteration,
-                {"event": "kd_end", "teacher bytes freed": int(freed_all.item())},
-            )
-            self.wandb.log({"kd/teacher_released": 1}, step=self.iteration)
-
-    def save(self) -> None:
-        start = time.perf_counter()
-        # Ranks time their steps independently; the checkpoint keeps the slowest.
-        elapsed = torch.tensor([self.train_time_s], dtype=torch.float64, device=device())
-        dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
-        self.train_time_s = elapsed.item()
-        try:
-            path = self._save_checkpoint()
-        except CheckpointError as err:
-            raise FlagError(f"pretrain_salt.py: error: --save {self.args.save}: {err}") from None
-        logger.info("saved checkpoint %s in %.1fs", path, time.perf_counter() - start)
-
-    def _save_checkpoint(self):
-        return checkpointing.save_checkpoint(
-            self.args.save,
-            self.iteration,
-            model=self.model,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            train_state={
-                "iteration": self.iteration,
-                "consumed_samples": dict(self.consumed),
-                "train_time_s": self.train_time_s,
-                "kd_released_at": self.kd_released_at,
-            },
-            model_cfg=dataclasses.replace(
-                self.model_cfg,
-                trained_padded_vocab_size=self.model_cfg.padded_vocab_size(
-                    self.args.tensor_model_parallel_size
-                ),
-            ),
-            run_args=vars(self.args),
+        self.log.write(
+            "event",
+            self.state.iteration,
+            {"event": "kd_end", "teacher bytes freed": int(freed_all.item())},
         )
 
     def close(self) -> None:
         if self.teacher is not None:
             self.teacher.release()
             self.teacher = None
-        self.wandb.finish()
+        self.log.finish()
         parallel_state.destroy_model_parallel()
