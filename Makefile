@@ -53,16 +53,19 @@ DATA_PREFIX := $(DEMO_DIR)/data/demo
 
 # ~7 MB of text (~2.2M tokens): several times what the demo trains on, scored in ~2.5 min.
 DEMO_MAX_DOCS ?= 160
+# Each stage's wall-clock goes to the report (examples/tiny_cpu/time_stage.sh).
+export STAGE_TIMES := $(abspath $(DEMO_DIR))/stage_times.tsv
+TIME_STAGE := examples/tiny_cpu/time_stage.sh
 
 $(CORPUS)/.done: $(STAMP)
-	$(PY) tools/make_demo_corpus.py --output-dir $(CORPUS) --max-docs-per-subset $(DEMO_MAX_DOCS)
+	$(TIME_STAGE) corpus $(PY) tools/make_demo_corpus.py --output-dir $(CORPUS) --max-docs-per-subset $(DEMO_MAX_DOCS)
 	touch $@
 
 $(TOKENIZER): $(CORPUS)/.done
-	$(PY) tools/train_tokenizer.py --input $(CORPUS) --model-prefix $(basename $(TOKENIZER)) --vocab-size 4096
+	$(TIME_STAGE) tokenizer $(PY) tools/train_tokenizer.py --input $(CORPUS) --model-prefix $(basename $(TOKENIZER)) --vocab-size 4096
 
 $(DATA_PREFIX)_text_document.idx: $(TOKENIZER)
-	$(PY) tools/preprocess_pile.py --input $(CORPUS) --output-prefix $(DATA_PREFIX) \
+	$(TIME_STAGE) preprocess $(PY) tools/preprocess_pile.py --input $(CORPUS) --output-prefix $(DATA_PREFIX) \
 		--tokenizer-type SentencePieceTokenizer --tokenizer-model $(TOKENIZER) \
 		--append-eod --workers $(WORKERS)
 

@@ -808,9 +808,16 @@ def _save_figure(fig, path: str | Path) -> None:
 
 
 def write_report(
-    runs: Sequence[Run], baseline: Run, prefix: str | Path, *, title: str
+    runs: Sequence[Run],
+    baseline: Run,
+    prefix: str | Path,
+    *,
+    title: str,
+    extra_sections: Sequence[str] = (),
 ) -> tuple[Path, Path, str]:
     """Write ``{prefix}.png`` and ``{prefix}.md``; return their paths and the markdown.
+
+    ``extra_sections`` (markdown) go at the end, e.g. the demo's machine and stage times.
 
     Runs with few-shot results (``RUN_DIR/eval/``, from ``tools/evaluate.py``) add a
     few-shot section and ``{prefix}_fewshot.png`` (:mod:`megatron_salt.evaluation.fewshot_report`).
@@ -836,7 +843,8 @@ def write_report(
     section = render_fewshot(
         fewshot, prefix.with_name(prefix.name + "_fewshot.png"), title=title, save=_save_figure
     )
-    if section:
-        text += "\n" + section
+    for part in (section, *extra_sections):
+        if part:
+            text += "\n" + part
     _atomic_write(md, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return png, md, text

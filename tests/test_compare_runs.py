@@ -456,3 +456,31 @@ def test_without_matplotlib_says_how_to_install(jsonl_runs, tmp_path):
         "pip install 'megatron-salt[plot]' (or pip install matplotlib)"
     ]
     assert not out.with_suffix(".md").exists()
+
+
+def test_stage_times_section_names_the_machine(jsonl_runs, tmp_path, capsys):
+    """The time_stage.sh script's lines end up as a table with the machine they ran on."""
+    times = tmp_path / "stage_times.tsv"
+    env = {**os.environ, "STAGE_TIMES": str(times)}
+    script = Path(__file__).resolve().parents[1] / "examples" / "tiny_cpu" / "time_stage.sh"
+    for name, command in (("corpus", "true"), ("teacher", "sleep 0.2"), ("corpus", "true")):
+        subprocess.run([str(script), name, "sh", "-c", command], check=True, env=env)
+    assert subprocess.run([str(script), "broken", "false"], env=env).returncode != 0
+    with times.open("a") as f:
+        f.write("# precision\tfp32\n")
+
+    out = tmp_path / "cmp"
+    base, a = str(jsonl_runs["base"]), str(jsonl_runs["salt-a"])
+    assert load_tool().main([base, a, "--out", str(out), "--stage-times", str(times)]) == 0
+    markdown = out.with_suffix(".md").read_text()
+    section = markdown[markdown.index("## Machine and time per stage") :]
+    assert "- precision: fp32" in section and "- cores: " in section and "- cpu: " in section
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "stage" not in line]
+    # A stage timed twice keeps its last time; a failed stage is not recorded.
+    assert [row.split("|")[1].strip() for row in rows] == ["teacher", "corpus", "**total**"]
+    teacher_s = float(rows[0].split("|")[2].split()[0])
+    assert 0.2 <= teacher_s < 5
+
+    times.write_text("teacher\tslow\n")
+    err = error_of(capsys, [base, "--out", str(tmp_path / "bad"), "--stage-times", str(times)])
+    assert f"{times}:1: expected 'NAME<TAB>SECONDS'" in err

@@ -19,6 +19,12 @@ from megatron_salt.report import (
     pick_baseline,
     write_report,
 )
+from megatron_salt.stage_times import (
+    StageTimesError,
+    describe_machine,
+    read_stage_times,
+    render_stage_times,
+)
 
 
 def main(argv=None) -> int:
@@ -34,6 +40,13 @@ def main(argv=None) -> int:
         "--out", default="compare_runs", metavar="PREFIX", help="writes PREFIX.png and PREFIX.md"
     )
     parser.add_argument("--title", default="SALT vs baseline", help="title of the plot and table")
+    parser.add_argument(
+        "--stage-times",
+        metavar="FILE",
+        default=None,
+        help="append the machine and the wall-clock per stage from FILE "
+        "(NAME<TAB>SECONDS lines, as examples/tiny_cpu/time_stage.sh writes them)",
+    )
     args = parser.parse_args(argv)
     try:
         import matplotlib  # noqa: F401 - the plot needs it; say so before reading anything
@@ -57,8 +70,13 @@ def main(argv=None) -> int:
                 runs.insert(0, baseline)
         baseline = pick_baseline(runs, baseline)
         disambiguate_names(runs)
-        png, md, text = write_report(runs, baseline, args.out, title=args.title)
-    except (ReportError, OSError) as err:
+        extra = []
+        if args.stage_times is not None:
+            extra.append(render_stage_times(read_stage_times(args.stage_times), describe_machine()))
+        png, md, text = write_report(
+            runs, baseline, args.out, title=args.title, extra_sections=extra
+        )
+    except (ReportError, StageTimesError, OSError) as err:
         print(f"compare_runs: error: {err}", file=sys.stderr)
         return 2
     print(text, end="")

@@ -8,6 +8,8 @@ DEMO_DIR=${DEMO_DIR:-demo_out}
 DATA=${DATA:-$DEMO_DIR/data/demo_text_document}
 TOKENIZER=${TOKENIZER:-$DEMO_DIR/tokenizer/spm.model}
 RUNS=${RUNS:-$DEMO_DIR/runs}
+# Wall-clock per stage (time_stage.sh appends to it; the report shows it with the machine).
+export STAGE_TIMES=${STAGE_TIMES:-$DEMO_DIR/stage_times.tsv}
 
 # Where the processes go: single (one process), tp2 or pp2 (two gloo ranks via torchrun).
 LAYOUT=${LAYOUT:-single}
@@ -35,7 +37,7 @@ TEACHER_ARGS=(
 )
 # shellcheck disable=SC2054  # "98,2,0" is one value (--split), not separators
 TRAIN_ARGS=(
-    --seq-length 256 --micro-batch-size 8 --global-batch-size 16
+    --seq-length 256 --micro-batch-size "${MICRO_BATCH:-8}" --global-batch-size "${GLOBAL_BATCH:-16}"
     --lr 3e-3 --min-lr 3e-4 --lr-decay-style cosine --lr-warmup-iters 20
     --weight-decay 0.1 --adam-beta2 0.95 --clip-grad 1.0
     --hidden-dropout 0.0 --attention-dropout 0.0

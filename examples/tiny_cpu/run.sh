@@ -10,6 +10,7 @@ cd "$(dirname "$0")/../.."
 # shellcheck source=examples/tiny_cpu/config.sh
 source examples/tiny_cpu/config.sh
 PY=${PY:-python}
+TIME_STAGE=examples/tiny_cpu/time_stage.sh
 
 case "$LAYOUT" in
     single) NPROC=1; LAYOUT_ARGS=(); TEACHER_LAYOUT_ARGS=() ;;
@@ -29,7 +30,8 @@ train() {  # train NAME ARGS... : one pretrain_salt.py run, resuming if it was i
         launch=("$PY" -m torch.distributed.run --nproc_per_node "$NPROC" \
                 --master_port "${MASTER_PORT:-29555}" pretrain_salt.py)
     fi
-    OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / NPROC ))} "${launch[@]}" "$@" "${DATA_ARGS[@]}" \
+    OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / NPROC ))} "$TIME_STAGE" "$name" \
+        "${launch[@]}" "$@" "${DATA_ARGS[@]}" \
         --save "$save" --load "$save" --wandb-exp-name "$name"
     touch "$save/done"
 }
@@ -46,26 +48,26 @@ student() {  # student NAME EXTRA_ARGS...
 score() {
     if [[ -f "$DATA.salt_scores.json" ]]; then echo "== score: done already"; return; fi
     echo "== score (SALT_DS: the teacher scores every document)"
-    OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} "$PY" tools/score_data.py \
+    OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} "$TIME_STAGE" score "$PY" tools/score_data.py \
         --load "$RUNS/teacher" --data-path "$DATA" "${SCORE_ARGS[@]}"
     "$PY" tools/select_data.py --data-path "$DATA" --kd-data-selection "$KD_SELECTION"
 }
 evaluate() {  # few-shot: every saved checkpoint of the students (70% and 100% of the steps)
     if [[ ! -f "$EVAL_TASKS_DIR/tasks.json" ]]; then
         echo "== eval tasks (held-out documents of $DEMO_DIR/corpus)"
-        "$PY" tools/make_eval_tasks.py --corpus "$DEMO_DIR/corpus" --out "$EVAL_TASKS_DIR"
+        "$TIME_STAGE" eval-tasks "$PY" tools/make_eval_tasks.py --corpus "$DEMO_DIR/corpus" --out "$EVAL_TASKS_DIR"
     fi
     local runs=()
     for name in $EVAL_RUNS; do runs+=("$RUNS/$name"); done
     echo "== evaluate (lm-eval, offline)"
     HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} \
-        "$PY" tools/evaluate.py --load "${runs[@]}" --include-path "$EVAL_TASKS_DIR" "${EVAL_ARGS[@]}"
+        "$TIME_STAGE" evaluate "$PY" tools/evaluate.py --load "${runs[@]}" --include-path "$EVAL_TASKS_DIR" "${EVAL_ARGS[@]}"
 }
 report() {
     mkdir -p "$DEMO_DIR/report"
     "$PY" tools/compare_runs.py "$RUNS/baseline" "$RUNS/salt" "$RUNS/salt_ds" \
         --baseline "$RUNS/baseline" --out "$DEMO_DIR/report/salt_vs_baseline" \
-        --title "SALT vs baseline: tiny CPU demo"
+        --title "SALT vs baseline: tiny CPU demo" --stage-times "$STAGE_TIMES"
 }
 
 mode=${1:-all}
@@ -79,6 +81,9 @@ case "$mode" in
     evaluate) evaluate ;;
     report) report ;;
     all)
+        mkdir -p "$(dirname "$STAGE_TIMES")"
+        printf '# precision\t%s (examples/tiny_cpu/config.sh picks bf16 where the CPU has it)\n' \
+            "$PRECISION" >> "$STAGE_TIMES"
         teacher
         score
         student baseline
