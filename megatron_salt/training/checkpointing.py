@@ -271,9 +271,7 @@ class Checkpointer:
         # Saved with the padded vocab the weights have, so any later run rebuilds that size.
         self.model_cfg = dataclasses.replace(
             model_cfg,
-            trained_padded_vocab_size=model_cfg.padded_vocab_size(
-                args.tensor_model_parallel_size
-            ),
+            trained_padded_vocab_size=model_cfg.padded_vocab_size(args.tensor_model_parallel_size),
         )
 
     def due(self, iteration: int, *, exiting: bool = False) -> bool:

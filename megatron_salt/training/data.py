@@ -116,4 +116,3 @@ def microbatches(
         collate([dataset[i] for i in layout.sample_indices(step, m)], device)
         for m in range(layout.num_microbatches)
     ]
-

@@ -165,4 +165,3 @@ def reduce_reports(
     return {
         k: (s / c).item() if c > 0 else float("nan") for k, (s, c) in zip(keys, totals, strict=True)
     }
-
