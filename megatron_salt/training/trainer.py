@@ -409,7 +409,7 @@ class Trainer:
         step = self.state.iteration
         weight = self.kd.weight(step)
         forward_step = ForwardStep(times=self.times)
-        if self.teacher is not None:
+        if self.teacher is not None:  # the KD phase
             forward_step = ForwardStep(
                 teacher=self.teacher,
                 kd=self.kd,
