@@ -808,12 +808,14 @@ def _save_figure(fig, path: str | Path) -> None:
 
 
 def write_report(
-    runs: Sequence[Run], baseline: Run, prefix: str | Path, *, title: str
+    runs: Sequence[Run], baseline: Run, prefix: str | Path, *, title: str, overhead=None
 ) -> tuple[Path, Path, str]:
     """Write ``{prefix}.png`` and ``{prefix}.md``; return their paths and the markdown.
 
     Runs with few-shot results (``RUN_DIR/eval/``, from ``tools/evaluate.py``) add a
     few-shot section and ``{prefix}_fewshot.png`` (:mod:`megatron_salt.evaluation.fewshot_report`).
+    ``overhead`` (a :class:`megatron_salt.compute_cost.OverheadCost`) adds the compute-to-reach
+    section with the teacher's pretraining and the scoring cost counted.
     """
     from megatron_salt.evaluation.fewshot_report import fewshot_report, render_fewshot
     from megatron_salt.evaluation.results import EvalError
@@ -838,5 +840,9 @@ def write_report(
     )
     if section:
         text += "\n" + section
+    if overhead is not None:
+        from megatron_salt.compute_cost import cost_section
+
+        text += "\n" + cost_section(rows, overhead)
     _atomic_write(md, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return png, md, text
