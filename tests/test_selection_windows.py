@@ -268,6 +268,22 @@ def test_stratified_windows_keep_the_corpus_mix_by_tokens(tmp_path, tiny_data):
     assert abs(by_subset["Source"][1] - by_subset["Source"][0]) < 1.5
 
 
+def test_selection_inside_the_train_split_only(tmp_path, tiny_data):
+    """No selected window in the validation split: fine, the KD phase reads only train."""
+    from megatron_salt.config import KDConfig
+    from megatron_salt.training.data import DatasetTokenizer
+    from megatron_salt.training.kd_data import build_kd_dataset
+
+    copy = _copy_prefix(tiny_data.prefix, tmp_path / "trainonly")
+    _window_sidecar(copy, 32)  # score = flat id: range:0:0.05 keeps the first documents'
+    kd = KDConfig(teacher_load="x", iters=1, data_path=[copy], data_selection="range:0:0.05")
+    dataset = build_kd_dataset(
+        kd, num_samples=8, split="50,50,0", seq_length=32, seed=1,
+        tokenizer=DatasetTokenizer(1, 320), eod_mask_loss=False, cache_path=None,
+    )  # fmt: skip
+    assert len(dataset) >= 8 and dataset.document_index.max() < tiny_data.num_documents // 2
+
+
 def test_window_scores_need_the_training_seq_length(tmp_path, tiny_data):
     from megatron_salt.config import KDConfig
     from megatron_salt.training.data import DatasetTokenizer
