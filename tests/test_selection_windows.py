@@ -268,6 +268,32 @@ def test_stratified_windows_keep_the_corpus_mix_by_tokens(tmp_path, tiny_data):
     assert abs(by_subset["Source"][1] - by_subset["Source"][0]) < 1.5
 
 
+def test_document_scores_by_subset_in_the_kd_dataset(tmp_path, tiny_data):
+    from megatron_salt.config import KDConfig
+    from megatron_salt.training.data import DatasetTokenizer
+    from megatron_salt.training.kd_data import build_kd_dataset
+
+    copy = _copy_prefix(tiny_data.prefix, tmp_path / "docsub")
+    n = tiny_data.num_documents
+    header = ScoreHeader("ckpt", 1, "f", 10, "median", 48, idx_fingerprint(copy), n, n)
+    write_scores(copy, np.arange(n, dtype=np.float32), header)  # score = document id
+    subsets = _write_subsets(copy, n)
+    kd = KDConfig(
+        teacher_load="x", iters=1, data_path=[copy], data_selection="top:0.5",
+        data_selection_by="subset",
+    )  # fmt: skip
+    dataset = build_kd_dataset(
+        kd, num_samples=8, split="100,0,0", seq_length=32, seed=1,
+        tokenizer=DatasetTokenizer(1, 320), eod_mask_loss=False, cache_path=None,
+    )  # fmt: skip
+    expected = set()
+    for group in (0, 1):
+        members = np.flatnonzero(subsets == group)
+        expected |= set(members[len(members) - math.ceil(len(members) / 2) :].tolist())
+    assert type(dataset).__name__ == "SelectedGPTDataset"
+    assert set(dataset.document_index.tolist()) == expected
+
+
 def test_selection_inside_the_train_split_only(tmp_path, tiny_data):
     """No selected window in the validation split: fine, the KD phase reads only train."""
     from megatron_salt.config import KDConfig
