@@ -128,11 +128,26 @@ def test_window_scores_equal_a_float64_recomputation(window_scored, checkpoints)
     assert header.scoring_seconds > 0 and header.scoring_world_size == 1
 
 
-def test_tensor_parallel_window_scores_equal_single_process(window_scored, checkpoints, tmp_path):
+def test_tensor_and_data_parallel_window_scores_equal_single_process(
+    window_scored, checkpoints, tmp_path
+):
     prefix, scores = window_scored
-    copy = _copy_prefix(prefix, tmp_path / "tp2")
-    for got in run_on_ranks(_score_windows_on_ranks, 2, str(checkpoints[0]), copy, 2):
-        np.testing.assert_allclose(got, scores, rtol=1e-5)
+    for tp in (2, 1):  # TP=2 (one replica), then DP=2 (chunks of 2 documents split)
+        copy = _copy_prefix(prefix, tmp_path / f"tp{tp}")
+        for got in run_on_ranks(_score_windows_on_ranks, 2, str(checkpoints[0]), copy, tp):
+            np.testing.assert_allclose(got, scores, rtol=1e-5, err_msg=f"tp={tp}")
+
+
+def test_bad_min_window_fill_is_one_line():
+    out = subprocess.run(
+        [sys.executable, str(REPO / "tools/score_data.py"), "--load", "x", "--data-path", "y",
+         "--score-unit", "window", "--score-min-window-fill", "0"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "score_data.py: error: --score-min-window-fill 0.0: expected 0 < F <= 1"
+    ]
 
 
 def test_stratified_selection_keeps_each_groups_fraction():
@@ -220,6 +235,79 @@ def test_kd_dataset_samples_are_exactly_the_selected_windows(tmp_path, tiny_data
             assert math.ceil(0.3 * in_group.sum()) == int(
                 np.isin(keep, np.flatnonzero(in_group)).sum()
             )
+
+
+def _mix(lines: list[str]) -> dict[str, tuple[float, float]]:
+    """Pile subset -> (corpus mix, kept mix) from select_data.py's table, in percent."""
+    rows = [line.split() for line in lines if line.startswith(("  Docs", "  Source"))]
+    return {row[0]: (float(row[4].rstrip("%")), float(row[5].rstrip("%"))) for row in rows}
+
+
+def test_stratified_windows_keep_the_corpus_mix_by_tokens(tmp_path, tiny_data):
+    """Scores that separate the subsets: a global top:0.5 keeps one subset only, by subset
+    keeps half of each, so the kept token mix is the corpus's (up to short last windows)."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from megatron_salt.selection.cli import describe_selection
+
+    seq = 32
+    copy = _copy_prefix(tiny_data.prefix, tmp_path / "mix")
+    data = IndexedDataset(copy)
+    lengths = data.sequence_lengths.astype(np.int64)
+    subsets = _write_subsets(copy, len(lengths))
+    docs_of = np.repeat(np.arange(len(lengths)), windows_per_document(lengths, seq))
+    # subset 0's windows all score above subset 1's; within a subset, by window id
+    _window_sidecar(copy, seq, lambda flat: flat + 1e6 * (subsets[docs_of] == 0))
+    rule = f"top:{0.5 * np.mean(subsets[docs_of] == 0):.3f}"  # within subset 0's share
+    by_global = _mix(describe_selection(copy, rule))
+    by_subset = _mix(describe_selection(copy, rule, by="subset"))
+    corpus = by_global["Docs"][0]
+    assert by_subset["Docs"][0] == corpus and 5 < corpus < 95
+    assert by_global["Source"][1] == 0.0  # the global ranking drops a whole subset
+    assert abs(by_subset["Docs"][1] - corpus) < 1.5  # percentage points
+    assert abs(by_subset["Source"][1] - by_subset["Source"][0]) < 1.5
+
+
+def test_document_scores_by_subset_in_the_kd_dataset(tmp_path, tiny_data):
+    from megatron_salt.config import KDConfig
+    from megatron_salt.training.data import DatasetTokenizer
+    from megatron_salt.training.kd_data import build_kd_dataset
+
+    copy = _copy_prefix(tiny_data.prefix, tmp_path / "docsub")
+    n = tiny_data.num_documents
+    header = ScoreHeader("ckpt", 1, "f", 10, "median", 48, idx_fingerprint(copy), n, n)
+    write_scores(copy, np.arange(n, dtype=np.float32), header)  # score = document id
+    subsets = _write_subsets(copy, n)
+    kd = KDConfig(
+        teacher_load="x", iters=1, data_path=[copy], data_selection="top:0.5",
+        data_selection_by="subset",
+    )  # fmt: skip
+    dataset = build_kd_dataset(
+        kd, num_samples=8, split="100,0,0", seq_length=32, seed=1,
+        tokenizer=DatasetTokenizer(1, 320), eod_mask_loss=False, cache_path=None,
+    )  # fmt: skip
+    expected = set()
+    for group in (0, 1):
+        members = np.flatnonzero(subsets == group)
+        expected |= set(members[len(members) - math.ceil(len(members) / 2) :].tolist())
+    assert type(dataset).__name__ == "SelectedGPTDataset"
+    assert set(dataset.document_index.tolist()) == expected
+
+
+def test_selection_inside_the_train_split_only(tmp_path, tiny_data):
+    """No selected window in the validation split: fine, the KD phase reads only train."""
+    from megatron_salt.config import KDConfig
+    from megatron_salt.training.data import DatasetTokenizer
+    from megatron_salt.training.kd_data import build_kd_dataset
+
+    copy = _copy_prefix(tiny_data.prefix, tmp_path / "trainonly")
+    _window_sidecar(copy, 32)  # score = flat id: range:0:0.05 keeps the first documents'
+    kd = KDConfig(teacher_load="x", iters=1, data_path=[copy], data_selection="range:0:0.05")
+    dataset = build_kd_dataset(
+        kd, num_samples=8, split="50,50,0", seq_length=32, seed=1,
+        tokenizer=DatasetTokenizer(1, 320), eod_mask_loss=False, cache_path=None,
+    )  # fmt: skip
+    assert len(dataset) >= 8 and dataset.document_index.max() < tiny_data.num_documents // 2
 
 
 def test_window_scores_need_the_training_seq_length(tmp_path, tiny_data):

@@ -134,8 +134,8 @@ def score(
         )
 
 
-def score_main(argv: Sequence[str] | None = None) -> int:
-    prog = "score_data.py"
+def build_score_parser(prog: str = "score_data.py") -> argparse.ArgumentParser:
+    """score_data.py's flags (also read by tests of the example recipes)."""
     parser = _Parser(
         prog=prog,
         description="Score every document (or --seq-length training window) of Megatron "
@@ -163,6 +163,12 @@ def score_main(argv: Sequence[str] | None = None) -> int:
         default=512,
         help="documents per resumable unit of work",
     )
+    return parser
+
+
+def score_main(argv: Sequence[str] | None = None) -> int:
+    prog = "score_data.py"
+    parser = build_score_parser(prog)
     args = parser.parse_args(argv)
     if not 0.0 < args.score_min_window_fill <= 1.0:
         return _fail(

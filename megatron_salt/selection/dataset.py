@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+from megatron.core.datasets.utils import Split
 
 
 class NoSelectedDocumentError(ValueError):
@@ -107,10 +108,11 @@ class SelectedWindowDataset(GPTDataset):
                 "sequences)"
             )
         self.windows = selected[np.isin(selected[:, 0], indexed_indices)]
-        if len(self.windows) == 0:
+        if len(self.windows) == 0 and (num_samples or index_split == Split.train):
             raise NoSelectedDocumentError(
                 f"keeps no window of the {index_split.name} split of {dataset_path}"
             )
+        # else: an empty validation/test split the KD phase never reads (asked for 0 samples)
         super().__init__(
             indexed_dataset, dataset_path, indexed_indices, num_samples, index_split, config
         )
@@ -119,9 +121,10 @@ class SelectedWindowDataset(GPTDataset):
         """document_index: each window's document; sample_index: its first token;
         shuffle_index: the sample order, one permutation per epoch."""
         n = len(self.windows)
-        epochs = max(1, -(-int(self.num_samples or 0) // n))
+        epochs = max(1, -(-int(self.num_samples or 0) // n)) if n else 0
         rng = np.random.RandomState(self.config.random_seed)
-        shuffle_index = np.concatenate([rng.permutation(n) for _ in range(epochs)])
+        shuffle_index = np.concatenate([rng.permutation(n) for _ in range(epochs)] or [[]])
+        shuffle_index = shuffle_index.astype(np.int64)
         document_index = self.windows[:, 0].copy()
         sample_index = self.windows[:, 1] * self.config.sequence_length
         return document_index, sample_index, shuffle_index
