@@ -189,6 +189,7 @@ class KDConfig:
     schedule: str = "constant"
     data_path: list[str] | None = None
     data_selection: str | None = None
+    data_selection_by: str = "global"  # or "subset": the rule within each Pile subset
 
     @property
     def enabled(self) -> bool:

@@ -25,3 +25,13 @@ def salt_ideal_step_ratio(student: ModelConfig, teacher: ModelConfig, seq_length
     return 1.0 + forward_flops_per_token(teacher, seq_length) / (
         3.0 * forward_flops_per_token(student, seq_length)
     )
+
+
+def approx_training_flops(num_parameters: float, tokens: float) -> float:
+    """``6*N*tokens``: the usual estimate of training compute (forward 2N, backward 4N)."""
+    return 6.0 * num_parameters * tokens
+
+
+def approx_forward_flops(num_parameters: float, tokens: float) -> float:
+    """``2*N*tokens``: a forward pass only (a teacher during KD, an SLM scoring data)."""
+    return 2.0 * num_parameters * tokens

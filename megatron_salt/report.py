@@ -813,6 +813,7 @@ def write_report(
     prefix: str | Path,
     *,
     title: str,
+    overhead=None,
     extra_sections: Sequence[str] = (),
 ) -> tuple[Path, Path, str]:
     """Write ``{prefix}.png`` and ``{prefix}.md``; return their paths and the markdown.
@@ -821,6 +822,8 @@ def write_report(
 
     Runs with few-shot results (``RUN_DIR/eval/``, from ``tools/evaluate.py``) add a
     few-shot section and ``{prefix}_fewshot.png`` (:mod:`megatron_salt.evaluation.fewshot_report`).
+    ``overhead`` (a :class:`megatron_salt.compute_cost.OverheadCost`) adds the compute-to-reach
+    section with the teacher's pretraining and the scoring cost counted.
     """
     from megatron_salt.evaluation.fewshot_report import fewshot_report, render_fewshot
     from megatron_salt.evaluation.results import EvalError
@@ -843,6 +846,10 @@ def write_report(
     section = render_fewshot(
         fewshot, prefix.with_name(prefix.name + "_fewshot.png"), title=title, save=_save_figure
     )
+    if overhead is not None:
+        from megatron_salt.compute_cost import cost_section
+
+        section = (section + "\n" if section else "") + cost_section(rows, overhead)
     for part in (section, *extra_sections):
         if part:
             text += "\n" + part

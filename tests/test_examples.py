@@ -12,6 +12,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -148,10 +149,103 @@ def test_torchrun_command(paths):
     assert launch.training_script_args == train_args("salt", paths)
 
 
+@pytest.fixture
+def scored_paths(paths) -> dict[str, str]:
+    """``paths`` with a real (tiny) DATA_PREFIX, its window scores and Pile subset ids, as
+    ``MODE=score`` and tools/preprocess_pile.py would leave them."""
+    import numpy as np
+    import torch
+    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+
+    from megatron_salt.selection.sidecar import (
+        BinFingerprint,
+        ScoreHeader,
+        idx_fingerprint,
+        write_scores,
+    )
+
+    prefix = paths["DATA_PREFIX"]
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=DType.optimal_dtype(50277))
+    lengths = [2500, 4200, 900]  # 2048-token windows: 2, 3 and 1
+    for n in lengths:
+        builder.add_document(torch.arange(n) % 50000, [n])
+    builder.finalize(prefix + ".idx")
+    fp = BinFingerprint.of(prefix)
+    header = ScoreHeader(
+        "teacher", 1, "f", 10, "median", 2048, idx_fingerprint(prefix), 3, 6,
+        bin_size=fp.size, bin_blake2b=fp.blake2b, bin_sampled=fp.sampled,
+        bin_mtime_ns=fp.mtime_ns, unit="window", num_windows=6, min_window_fill=0.5,
+    )  # fmt: skip
+    write_scores(prefix, np.arange(6, dtype=np.float32), header)
+    np.save(prefix + ".subsets.npy", np.array([0, 1, 0], dtype=np.int16))
+    return paths
+
+
+def test_salt_ds_mode_command_lines(scored_paths, monkeypatch):
+    """MODE=score builds a score_data.py command line for the teacher and DATA_PREFIX, and
+    MODE=salt_ds is MODE=salt plus the selection flags, passing pretrain_salt.py's checks."""
+    from megatron_salt.selection.cli import build_score_parser
+
+    monkeypatch.setattr(arguments, "have_transformer_engine", lambda: True)
+    env = scored_paths
+    salt = build_parser().parse_args(train_args("salt", env))
+    salt_ds = build_parser().parse_args(train_args("salt_ds", env))
+    validate_args(salt_ds, world_size=NODES * GPUS_PER_NODE)
+    differing = {k for k in vars(salt) if getattr(salt, k) != getattr(salt_ds, k)}
+    assert differing == {
+        "save", "load", "wandb_exp_name", "kd_data_path", "kd_data_selection",
+        "kd_data_selection_by",
+    }  # fmt: skip
+    assert salt_ds.kd_data_path == [env["DATA_PREFIX"]]
+    assert (salt_ds.kd_data_selection, salt_ds.kd_data_selection_by) == ("top:0.5", "subset")
+    assert salt_ds.save.endswith("salt_ds_2p8b_w0.5_nkd36000_constant_window_top0.5_bysubset")
+
+    score = build_score_parser().parse_args(train_args("score", env))
+    assert score.load == salt_ds.kd_teacher_load and score.data_path == [env["DATA_PREFIX"]]
+    assert (score.score_unit, score.score_seq_length) == ("window", salt_ds.seq_length)
+    assert (score.score_top_k, score.score_statistic, score.bf16) == (10, "median", True)
+
+    out = _bash(EXAMPLE / "train.sh", {**env, "MODE": "score", "DRY_RUN": "1"})
+    assert out.returncode == 0, out.stderr
+    launch = torchrun_parser().parse_args(shlex.split(out.stdout)[1:])
+    assert Path(launch.training_script) == REPO / "tools" / "score_data.py"
+    assert launch.training_script_args == train_args("score", env)
+    # Document scores, or the global ranking, are one environment setting away.
+    other = {**env, "SCORE_UNIT": "document", "KD_DATA_SELECTION_BY": "global"}
+    assert "document" in train_args("score", other)
+    assert "global" in train_args("salt_ds", other)
+
+
+def test_estimate_cost_counts_the_scoring_job(paths):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("estimate_cost", EXAMPLE / "estimate_cost.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    costs, source = module.example_costs(paths)
+    assert source.startswith("assumed")  # no summary.json beside the stand-in prefix
+    by_label = {c.label.split(" (")[0]: c for c in costs}
+    teacher_n, student_n = 1_515_364_352, 2_775_208_960  # README's parameter counts
+    student = by_label["student 2.8B"]
+    assert (student.parameters, student.tokens) == (student_n, 208_000 * 512 * 2048)
+    assert student.flops == 6 * student_n * student.tokens
+    kd = by_label["teacher forward during KD"]
+    assert kd.flops == 2 * teacher_n * 36_000 * 512 * 2048
+    scoring = by_label["scoring"]
+    assert scoring.flops == 2 * teacher_n * 300e9
+    assert 0.24 < scoring.flops / student.flops < 0.26  # "about a quarter" (issue 13)
+    Path(paths["DATA_PREFIX"] + ".summary.json").write_text('{"total": {"tokens": 1000}}')
+    costs, source = module.example_costs(paths)
+    assert source.endswith(".summary.json") and costs[-1].tokens == 1000
+
+
 def test_unknown_mode_is_one_line_error(paths):
     out = _bash(EXAMPLE / "train.sh", {**paths, "MODE": "distill"})
     assert out.returncode == 2
-    assert out.stderr.strip() == "train.sh: MODE must be teacher, baseline or salt (got 'distill')"
+    assert out.stderr.strip() == (
+        "train.sh: MODE must be teacher, baseline, salt, score or salt_ds (got 'distill')"
+    )
 
 
 def _fake_slurm(bin_dir: Path, log: Path) -> None:

@@ -217,12 +217,33 @@ def test_select_data_reports_kept_documents_and_tokens_per_subset(tmp_path, scor
         for line in lines
         if line.startswith(("  Docs", "  Source"))
     }
-    assert rows["Docs"] == ["0/3", f"0/{sum(lengths[d] for d in (0, 1, 5)):,}", "0.0%"]
+    docs_total = sum(lengths[d] for d in (0, 1, 5))
+    total = docs_total + source_total
+    # units kept, tokens kept, share of the subset kept, corpus mix, mix of the kept data
+    assert rows["Docs"] == [
+        "0/3", f"0/{docs_total:,}", "0.0%", f"{docs_total / total:.1%}", "0.0%"
+    ]  # fmt: skip
     assert rows["Source"] == [
         "3/4",
         f"{source_kept:,}/{source_total:,}",
         f"{source_kept / source_total:.1%}",
+        f"{source_total / total:.1%}",
+        "100.0%",
     ]
+
+    # --kd-data-selection-by subset: top:0.5 within each subset. Docs scores
+    # (0.5, nan, 0.1) keep document 0; Source scores (2, 1, 3, 9) keep 4 and 6.
+    lines = describe_selection(copy, "top:0.5", by="subset")
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in lines
+        if line.startswith(("  Docs", "  Source"))
+    }
+    kept = lengths[0] + lengths[4] + lengths[6]
+    assert rows["Docs"][:2] == ["1/3", f"{lengths[0]:,}/{docs_total:,}"]
+    assert rows["Source"][:2] == ["2/4", f"{lengths[4] + lengths[6]:,}/{source_total:,}"]
+    assert rows["Docs"][4] == f"{lengths[0] / kept:.1%}"
+    assert any("(by subset): keeps 3 of 7 documents" in line for line in lines)
 
 
 def test_selection_rules_keep_exactly_what_they_name():

@@ -47,7 +47,25 @@ def main(argv=None) -> int:
         help="append the machine and the wall-clock per stage from FILE "
         "(NAME<TAB>SECONDS lines, as examples/tiny_cpu/time_stage.sh writes them)",
     )
+    parser.add_argument(
+        "--count-teacher-cost",
+        metavar="TEACHER_RUN",
+        default=None,
+        help="the teacher's pretraining run: add its cost (6*N*tokens FLOPs, its training "
+        "time) to every SALT run's compute to reach the baseline",
+    )
+    parser.add_argument(
+        "--scoring-cost",
+        nargs="+",
+        metavar="PREFIX",
+        default=None,
+        help="with --count-teacher-cost: data prefixes whose score sidecars "
+        "(PREFIX.salt_scores.json) record the scoring cost, added to SALT_DS runs",
+    )
     args = parser.parse_args(argv)
+    if args.scoring_cost and not args.count_teacher_cost:
+        print("compare_runs: error: --scoring-cost needs --count-teacher-cost", file=sys.stderr)
+        return 2
     try:
         import matplotlib  # noqa: F401 - the plot needs it; say so before reading anything
     except ImportError:
@@ -70,11 +88,16 @@ def main(argv=None) -> int:
                 runs.insert(0, baseline)
         baseline = pick_baseline(runs, baseline)
         disambiguate_names(runs)
+        overhead = None
+        if args.count_teacher_cost:
+            from megatron_salt.compute_cost import load_overhead
+
+            overhead = load_overhead(args.count_teacher_cost, args.scoring_cost or ())
         extra = []
         if args.stage_times is not None:
             extra.append(render_stage_times(read_stage_times(args.stage_times), describe_machine()))
         png, md, text = write_report(
-            runs, baseline, args.out, title=args.title, extra_sections=extra
+            runs, baseline, args.out, title=args.title, overhead=overhead, extra_sections=extra
         )
     except (ReportError, StageTimesError, OSError) as err:
         print(f"compare_runs: error: {err}", file=sys.stderr)

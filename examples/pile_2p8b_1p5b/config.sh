@@ -154,6 +154,38 @@ KD_ARGS=(
     --kd-schedule "$KD_SCHEDULE"
 )
 
+# --- SALT_DS: the SLM scores the data, the KD phase trains on the selection -------------------
+# MODE=score runs tools/score_data.py with the teacher over DATA_PREFIX (data-parallel over
+# every GPU of the job) and writes DATA_PREFIX.salt_scores.{npy,json}; MODE=salt_ds is
+# MODE=salt plus the selection flags. The paper ranks training *sequences*: SCORE_UNIT=window
+# scores every SEQ_LENGTH window on its own and the KD phase trains on exactly the selected
+# windows; KD_DATA_SELECTION_BY=subset applies the rule within each Pile subset
+# (DATA_PREFIX.subsets.npy, written by tools/preprocess_pile.py), so the KD phase keeps the
+# corpus mix. top:0.5 of ~300B tokens leaves ~150B for the 36K x 1M = 38B KD tokens.
+# KD_DATA_PREFIX: the data scored and selected from (default: all of DATA_PREFIX; a prefix
+# of fewer shards scores for less, see README step 3).
+KD_DATA_PREFIX="${KD_DATA_PREFIX:-$DATA_PREFIX}"
+SCORE_UNIT="${SCORE_UNIT:-window}"
+SCORE_TOP_K="${SCORE_TOP_K:-10}"
+SCORE_MBS="${SCORE_MBS:-16}"
+KD_DATA_SELECTION="${KD_DATA_SELECTION:-top:0.5}"
+KD_DATA_SELECTION_BY="${KD_DATA_SELECTION_BY:-subset}"
+SCORE_ARGS=(
+    --load "$TEACHER_CKPT"
+    --data-path "$KD_DATA_PREFIX"
+    --score-unit "$SCORE_UNIT"
+    --score-seq-length "$SEQ_LENGTH"
+    --score-top-k "$SCORE_TOP_K"
+    --score-statistic median
+    --score-micro-batch-size "$SCORE_MBS"
+    --bf16
+)
+KD_DS_ARGS=(
+    --kd-data-path "$KD_DATA_PREFIX"
+    --kd-data-selection "$KD_DATA_SELECTION"
+    --kd-data-selection-by "$KD_DATA_SELECTION_BY"
+)
+
 # --- checkpoints and logging ---------------------------------------------------------------
 SAVE_INTERVAL="${SAVE_INTERVAL:-1000}"
 WANDB_PROJECT="${WANDB_PROJECT:-salt-pile-2p8b-1p5b}"

@@ -5,11 +5,14 @@
 #   MODE=teacher   pretrain the 1.5B SLM teacher (a plain, baseline-mode run)
 #   MODE=baseline  pretrain the 2.8B student without a teacher
 #   MODE=salt      pretrain the 2.8B student with SALT (KD for the first KD_ITERS steps)
+#   MODE=score     SALT_DS, step 1: the teacher scores DATA_PREFIX (tools/score_data.py)
+#   MODE=salt_ds   SALT_DS, step 2: SALT with the KD phase on the selected data
 #
 # launch_slurm.sbatch runs this once per node (srun --ntasks-per-node=1). On a
 # single 8-GPU machine it also runs on its own: NNODES=1 MODE=salt bash train.sh
 #
-#   PRINT_ARGS=1  print the pretrain_salt.py arguments, NUL-separated, and exit
+#   PRINT_ARGS=1  print the pretrain_salt.py (MODE=score: score_data.py) arguments,
+#                 NUL-separated, and exit
 #                 (read by estimate_memory.py and tests/test_examples.py)
 #   DRY_RUN=1     print the torchrun command this node would run, and exit
 #
@@ -22,6 +25,7 @@ REPO_ROOT="${REPO_ROOT:-$(cd "$EXAMPLE_DIR/../.." && pwd)}"
 source "$EXAMPLE_DIR/config.sh"
 
 MODE="${MODE:-salt}"
+ENTRY="pretrain_salt.py"
 case "$MODE" in
     teacher)
         RUN_NAME="teacher_1p5b"
@@ -44,21 +48,41 @@ case "$MODE" in
             "${KD_ARGS[@]}"
         )
         ;;
+    salt_ds)
+        SELECTION_NAME="${KD_DATA_SELECTION//:/}"
+        RUN_NAME="salt_ds_2p8b_w${KD_ALPHA}_nkd${KD_ITERS}_${KD_SCHEDULE}"
+        RUN_NAME+="_${SCORE_UNIT}_${SELECTION_NAME}_by${KD_DATA_SELECTION_BY}"
+        SAVE_DIR="$CKPT_ROOT/$RUN_NAME"
+        WANDB_GROUP="$STUDENT_WANDB_GROUP"
+        ARGS=(
+            "${STUDENT_MODEL_ARGS[@]}" "${STUDENT_PARALLEL_ARGS[@]}" "${STUDENT_LR_ARGS[@]}"
+            "${KD_ARGS[@]}" "${KD_DS_ARGS[@]}"
+        )
+        ;;
+    score)
+        # Resumable: finished chunks are kept in DATA_PREFIX.salt_scores.partial/, so a
+        # requeued job continues where it stopped, at any number of nodes.
+        RUN_NAME="score_${SCORE_UNIT}"
+        ENTRY="tools/score_data.py"
+        ARGS=("${SCORE_ARGS[@]}")
+        ;;
     *)
-        echo "train.sh: MODE must be teacher, baseline or salt (got '$MODE')" >&2
+        echo "train.sh: MODE must be teacher, baseline, salt, score or salt_ds (got '$MODE')" >&2
         exit 2
         ;;
 esac
 
-# --save and --load name the same directory: a requeued or restarted job resumes
-# from the newest checkpoint there (and a fresh one starts from scratch).
-ARGS+=(
-    "${PRECISION_ARGS[@]}" "${TRAIN_ARGS[@]}" "${DATA_ARGS[@]}" "${LOG_ARGS[@]}"
-    --save "$SAVE_DIR"
-    --load "$SAVE_DIR"
-    --wandb-exp-name "$RUN_NAME"
-    --wandb-group "$WANDB_GROUP"
-)
+if [[ "$MODE" != score ]]; then
+    # --save and --load name the same directory: a requeued or restarted job resumes
+    # from the newest checkpoint there (and a fresh one starts from scratch).
+    ARGS+=(
+        "${PRECISION_ARGS[@]}" "${TRAIN_ARGS[@]}" "${DATA_ARGS[@]}" "${LOG_ARGS[@]}"
+        --save "$SAVE_DIR"
+        --load "$SAVE_DIR"
+        --wandb-exp-name "$RUN_NAME"
+        --wandb-group "$WANDB_GROUP"
+    )
+fi
 
 if [[ "${PRINT_ARGS:-0}" == 1 ]]; then
     printf '%s\0' "${ARGS[@]}"
@@ -95,7 +119,7 @@ LAUNCH=(
     --max_restarts 0
     --log_dir "$RUN_LOG_DIR"
     --tee 3
-    "$REPO_ROOT/pretrain_salt.py"
+    "$REPO_ROOT/$ENTRY"
     "${ARGS[@]}"
 )
 
@@ -109,7 +133,13 @@ if [[ -n "${VENV:-}" ]]; then
     # shellcheck disable=SC1091
     source "$VENV/bin/activate"
 fi
-mkdir -p "$RUN_LOG_DIR" "$SAVE_DIR"
-echo "train.sh: MODE=$MODE on $(hostname) (node ${SLURM_NODEID:-0} of $NNODES), saving to $SAVE_DIR"
+mkdir -p "$RUN_LOG_DIR"
+if [[ "$MODE" == score ]]; then
+    echo "train.sh: MODE=score on $(hostname) (node ${SLURM_NODEID:-0} of $NNODES)," \
+        "writing $DATA_PREFIX.salt_scores.{npy,json}"
+else
+    mkdir -p "$SAVE_DIR"
+    echo "train.sh: MODE=$MODE on $(hostname) (node ${SLURM_NODEID:-0} of $NNODES), saving to $SAVE_DIR"
+fi
 cd "$REPO_ROOT"
 exec "${LAUNCH[@]}"

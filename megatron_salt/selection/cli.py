@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -45,7 +44,25 @@ def add_scoring_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None
         dest="score_seq_length",
         type=int,
         default=None,
-        help="window length (default: the SLM's --seq-length)",
+        help="window length (default: the SLM's --seq-length); with --score-unit window "
+        "it must equal the student's --seq-length",
+    )
+    parser.add_argument(
+        f"--{prefix}score-unit",
+        dest="score_unit",
+        choices=["document", "window"],
+        default="document",
+        help="document: one score per document (its windows' positions pooled); window: "
+        "one score per --seq-length training window, and the KD phase trains on exactly "
+        "the selected windows",
+    )
+    parser.add_argument(
+        f"--{prefix}score-min-window-fill",
+        dest="score_min_window_fill",
+        type=float,
+        default=0.5,
+        help="--score-unit window: a document's short last window is scored only with at "
+        "least this fraction of --score-seq-length labels (NaN, never selected, otherwise)",
     )
 
 
@@ -76,6 +93,8 @@ def score(
     seq_length: int | None,
     bf16: bool = False,
     chunk_documents: int = 512,
+    unit: str = "document",
+    min_window_fill: float = 0.5,
     log=print,
     verify: bool = True,
 ) -> None:
@@ -93,14 +112,22 @@ def score(
         verify=verify,
     )
     for prefix in prefixes:
-        score_prefix(scorer, prefix, chunk_documents=chunk_documents, log=log)
+        score_prefix(
+            scorer,
+            prefix,
+            chunk_documents=chunk_documents,
+            unit=unit,
+            min_window_fill=min_window_fill,
+            log=log,
+        )
 
 
-def score_main(argv: Sequence[str] | None = None) -> int:
-    prog = "score_data.py"
+def build_score_parser(prog: str = "score_data.py") -> argparse.ArgumentParser:
+    """score_data.py's flags (also read by tests of the example recipes)."""
     parser = _Parser(
         prog=prog,
-        description="Score every document of Megatron .bin/.idx prefixes with an SLM (SALT_DS); "
+        description="Score every document (or --seq-length training window) of Megatron "
+        ".bin/.idx prefixes with an SLM (SALT_DS); "
         "writes {prefix}.salt_scores.npy/.json. Run with torchrun for data parallelism.",
         allow_abbrev=False,
     )
@@ -124,7 +151,17 @@ def score_main(argv: Sequence[str] | None = None) -> int:
         default=512,
         help="documents per resumable unit of work",
     )
+    return parser
+
+
+def score_main(argv: Sequence[str] | None = None) -> int:
+    prog = "score_data.py"
+    parser = build_score_parser(prog)
     args = parser.parse_args(argv)
+    if not 0.0 < args.score_min_window_fill <= 1.0:
+        return _fail(
+            prog, f"--score-min-window-fill {args.score_min_window_fill}: expected 0 < F <= 1"
+        )
     for prefix in args.data_path:
         if not os.path.isfile(prefix + ".idx") or not os.path.isfile(prefix + ".bin"):
             return _fail(prog, f"--data-path: {prefix}.bin/.idx not found")
@@ -148,6 +185,8 @@ def score_main(argv: Sequence[str] | None = None) -> int:
             seq_length=args.score_seq_length,
             bf16=args.bf16,
             chunk_documents=args.chunk_documents,
+            unit=args.score_unit,
+            min_window_fill=args.score_min_window_fill,
             verify=not args.no_ckpt_verify,
             log=(lambda m: print(f"{prog}: {m}", flush=True)) if rank == 0 else (lambda m: None),
         )
@@ -169,10 +208,10 @@ def score_main(argv: Sequence[str] | None = None) -> int:
 # --- select_data.py -------------------------------------------------------------
 
 
-def _quantile_table(scores: np.ndarray) -> list[str]:
+def _quantile_table(scores: np.ndarray, unit: str = "document") -> list[str]:
     finite = scores[np.isfinite(scores)]
     lines = [
-        f"documents: {len(scores):,} | scored: {len(finite):,} | "
+        f"{unit}s: {len(scores):,} | scored: {len(finite):,} | "
         f"not scored (too short / no top-k position): {len(scores) - len(finite):,}"
     ]
     if len(finite):
@@ -190,79 +229,79 @@ def _quantile_table(scores: np.ndarray) -> list[str]:
     return lines
 
 
-def _subset_names(prefix: str) -> tuple[np.ndarray, list[str]] | None:
-    """Per-document Pile subset ids and their names, if preprocess_pile.py recorded them."""
-    ids_path, summary_path = Path(prefix + ".subsets.npy"), Path(prefix + ".summary.json")
-    if not (ids_path.is_file() and summary_path.is_file()):
-        return None
-    names = json.loads(summary_path.read_text()).get("subset_names")
-    return (np.load(ids_path), names) if names is not None else None
+def _subset_table(units, keep: np.ndarray) -> list[str]:
+    """Per Pile subset: units and tokens kept, and its share of the corpus vs of the kept data.
+
+    Token shares, not unit shares: a rule can keep half the documents of a subset
+    and a fifth of its tokens, and tokens are what the KD phase trains on.
+    """
+    from megatron_salt.selection.units import subset_ids, subset_names
+
+    path = Path(units.prefix + ".subsets.npy")
+    names = subset_names(units.prefix)
+    if not path.is_file() or names is None:
+        return []
+    groups = subset_ids(units.prefix, units.header.num_documents)[units.documents]
+    kept_mask = np.zeros(len(units.scores), dtype=bool)
+    kept_mask[keep] = True
+    total, total_kept = int(units.tokens.sum()), int(units.tokens[keep].sum())
+    unit = units.unit + "s"
+    lines = [
+        f"  {'Pile subset':<24} {unit + ' kept':>15} {'tokens kept':>23} {'token share':>11} "
+        f"{'corpus mix':>10} {'kept mix':>8}"
+    ]
+    for index, name in enumerate(names):
+        in_subset = groups == index
+        count, count_total = int((kept_mask & in_subset).sum()), int(in_subset.sum())
+        tokens = int(units.tokens[kept_mask & in_subset].sum())
+        tokens_total = int(units.tokens[in_subset].sum())
+        lines.append(
+            f"  {name:<24} {count:>7,}/{count_total:<7,} {tokens:>11,}/{tokens_total:<11,} "
+            f"{tokens / max(tokens_total, 1):>11.1%} {tokens_total / max(total, 1):>10.1%} "
+            f"{tokens / max(total_kept, 1):>8.1%}"
+        )
+    return lines
 
 
 def describe_selection(
-    prefix: str, selection_text: str | None, bin_check: str = "quick"
+    prefix: str, selection_text: str | None, bin_check: str = "quick", by: str = "global"
 ) -> list[str]:
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
     from megatron_salt.selection.rules import Selection
-    from megatron_salt.selection.sidecar import load_scores
+    from megatron_salt.selection.units import ScoredUnits
 
-    scores, header = load_scores(prefix, bin_check=bin_check, warn=print)
+    units = ScoredUnits.load(prefix, bin_check=bin_check, warn=print)
+    header, scores = units.header, units.scores
     lines = [
         f"{prefix}: scored by {header.slm_checkpoint} (iteration {header.slm_iteration}), "
         f"{header.statistic} loss over positions whose label is in the SLM's top-{header.top_k}, "
-        f"windows of {header.seq_length} tokens",
-        *_quantile_table(scores),
+        + (
+            f"one score per window of {header.seq_length} tokens"
+            if units.unit == "window"
+            else f"windows of {header.seq_length} tokens pooled per document"
+        ),
+        *_quantile_table(scores, units.unit),
     ]
     if selection_text is None:
         return lines
-    keep = Selection.parse(selection_text).select(scores)
+    keep = units.select(Selection.parse(selection_text), by)
     if len(keep) == 0:
         scored = int(np.isfinite(scores).sum())
         raise ValueError(
-            f"--kd-data-selection {selection_text} keeps no document of {prefix} "
-            f"({scored} of {len(scores)} documents have a score)"
+            f"--kd-data-selection {selection_text} keeps no {units.unit} of {prefix} "
+            f"({scored} of {len(scores)} {units.unit}s have a score)"
         )
-    dataset = IndexedDataset(prefix, mmap=True)
-    bounds = dataset.document_indices
-    doc_tokens = (
-        np.add.reduceat(dataset.sequence_lengths.astype(np.int64), bounds[:-1])
-        if len(bounds) > 1
-        else np.zeros(0, np.int64)
-    )
-    total_tokens = int(doc_tokens.sum())
-    kept_tokens = int(doc_tokens[keep].sum())
+    total_tokens = int(units.tokens.sum())
+    kept_tokens = int(units.tokens[keep].sum())
     lines.append(
-        f"selection {selection_text}: keeps {len(keep):,} of {len(scores):,} documents "
-        f"({len(keep) / max(len(scores), 1):.1%}), {kept_tokens:,} of {total_tokens:,} tokens "
-        f"({kept_tokens / max(total_tokens, 1):.1%})"
+        f"selection {selection_text} (by {by}): keeps {len(keep):,} of {len(scores):,} "
+        f"{units.unit}s ({len(keep) / max(len(scores), 1):.1%}), {kept_tokens:,} of "
+        f"{total_tokens:,} tokens ({kept_tokens / max(total_tokens, 1):.1%})"
     )
-    if len(keep):
-        lines.append(
-            f"  kept scores: {scores[keep].min():.3f} .. {scores[keep].max():.3f} "
-            f"(mean {scores[keep].mean():.3f})"
-        )
-    subsets = _subset_names(prefix)
-    if subsets is not None:
-        # Token shares, not document shares: a rule can keep half the documents of a
-        # subset and a fifth of its tokens, and tokens are what the KD phase trains on.
-        lines.append(
-            f"  {'Pile subset':<24} {'docs kept':>13} {'tokens kept':>23} {'token share':>11}"
-        )
-        kept_mask = np.zeros(len(scores), dtype=bool)
-        kept_mask[keep] = True
-        ids, names = subsets
-        for index, name in enumerate(names):
-            in_subset = ids == index
-            docs, docs_total = int((kept_mask & in_subset).sum()), int(in_subset.sum())
-            tokens = int(doc_tokens[kept_mask & in_subset].sum())
-            tokens_total = int(doc_tokens[in_subset].sum())
-            share = tokens / max(tokens_total, 1)
-            lines.append(
-                f"  {name:<24} {docs:>6,}/{docs_total:<6,} {tokens:>11,}/{tokens_total:<11,} "
-                f"{share:>11.1%}"
-            )
-    return lines
+    lines.append(
+        f"  kept scores: {scores[keep].min():.3f} .. {scores[keep].max():.3f} "
+        f"(mean {scores[keep].mean():.3f})"
+    )
+    return lines + _subset_table(units, keep)
 
 
 def select_main(argv: Sequence[str] | None = None) -> int:
@@ -270,7 +309,7 @@ def select_main(argv: Sequence[str] | None = None) -> int:
     parser = _Parser(
         prog=prog,
         description="Print the SLM score distribution of prefixes and what a "
-        "--kd-data-selection rule keeps (documents, tokens, per Pile subset).",
+        "--kd-data-selection rule keeps (documents or windows, tokens, per Pile subset).",
         allow_abbrev=False,
     )
     parser.add_argument("--data-path", nargs="+", required=True)
@@ -282,12 +321,23 @@ def select_main(argv: Sequence[str] | None = None) -> int:
         help="quick: .bin size, sampled blocks, whole-file hash if it was rewritten since "
         "scoring; full: always hash the whole .bin",
     )
+    parser.add_argument(
+        "--kd-data-selection-by",
+        choices=["global", "subset"],
+        default="global",
+        help="global: one ranking per prefix; subset: the rule within each Pile subset",
+    )
     args = parser.parse_args(argv)
     from megatron_salt.selection.sidecar import StaleScoresError
 
     for prefix in args.data_path:
         try:
-            lines = describe_selection(prefix, args.kd_data_selection, args.kd_data_selection_check)
+            lines = describe_selection(
+                prefix,
+                args.kd_data_selection,
+                args.kd_data_selection_check,
+                args.kd_data_selection_by,
+            )
         except (StaleScoresError, ValueError, FileNotFoundError) as err:
             return _fail(prog, str(err))
         print("\n".join(lines))

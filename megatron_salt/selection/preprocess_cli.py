@@ -63,6 +63,8 @@ def _score_outputs(args: argparse.Namespace) -> int:
             statistic=args.score_statistic,
             micro_batch_size=args.score_micro_batch_size,
             seq_length=args.score_seq_length,
+            unit=args.score_unit,
+            min_window_fill=args.score_min_window_fill,
             log=lambda message: print(f"[{PROG}] score: {message}", file=sys.stderr, flush=True),
         )
     except (ValueError, FileNotFoundError) as err:

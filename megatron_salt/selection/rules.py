@@ -10,6 +10,11 @@ short to score, are never selected). Ranks are exact: with ``n`` scored
 documents sorted by ascending score (ties by document id), ``range:LO:HI``
 keeps sorted positions ``floor(LO*n) .. floor(HI*n)-1``, so ``top:F`` keeps
 ``ceil(F*n)`` documents.
+
+The same rules apply to window scores (``--score-unit window``), unit for unit.
+With ``--kd-data-selection-by subset`` a rule is applied within each group (Pile
+subset) on its own: the quantiles are the group's, so every subset keeps the same
+fraction of its scored units (see :func:`Selection.select`).
 """
 
 from __future__ import annotations
@@ -49,8 +54,20 @@ class Selection:
             ) from None
         return cls(low, high, text)
 
-    def select(self, scores: np.ndarray) -> np.ndarray:
-        """Sorted ids of the documents this rule keeps."""
+    def select(self, scores: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+        """Sorted ids of the units (documents or windows) this rule keeps.
+
+        ``groups`` (one id per unit): apply the rule within each group separately.
+        """
+        if groups is None:
+            return self._select(scores)
+        kept = [np.empty(0, dtype=np.int64)]
+        for group in np.unique(groups):
+            members = np.flatnonzero(groups == group)
+            kept.append(members[self._select(scores[members])])
+        return np.sort(np.concatenate(kept))
+
+    def _select(self, scores: np.ndarray) -> np.ndarray:
         scored = np.flatnonzero(np.isfinite(scores))
         order = scored[np.lexsort((scored, scores[scored]))]  # ascending score, then id
         n = len(order)

@@ -6,6 +6,8 @@ the document's score is the median (or mean) of the SLM's loss over the
 counted positions (challenging). Documents are cut into windows of the SLM's
 ``seq_length`` without carrying context across windows, exactly how the
 document is seen in training. A document with no counted position scores NaN.
+With ``unit="window"`` each window is scored on its own instead (the paper's
+"sequence"; layout in :mod:`megatron_salt.selection.windows`).
 
 Scoring runs data-parallel (and with the SLM's TP) under torchrun. Work is cut
 into chunks of documents; each finished chunk is saved under
@@ -42,6 +44,7 @@ from megatron_salt.selection.sidecar import (
     sampled_digest,
     write_scores,
 )
+from megatron_salt.selection.windows import UNITS, document_lengths, min_labels
 from megatron_salt.teacher import load_frozen_gpt
 
 logger = logging.getLogger(__name__)
@@ -112,8 +115,10 @@ class SLMScorer:
 
     # --- documents -------------------------------------------------------------
 
-    def score_documents(self, documents: Sequence[np.ndarray]) -> np.ndarray:
-        """One float32 score per document (NaN: nothing to score)."""
+    def _counted_positions(
+        self, documents: Sequence[np.ndarray]
+    ) -> list[tuple[int, int, np.ndarray]]:
+        """(document, labels, losses at counted positions) for every window, in order."""
         vocab = self.model_cfg.vocab_size
         top = max((int(ids.max()) for ids in documents if len(ids)), default=-1)
         if top >= vocab:
@@ -127,7 +132,7 @@ class SLMScorer:
             for doc, ids in enumerate(documents)
             for start in range(0, max(len(ids) - 1, 0), s)
         ]
-        counted: list[list[np.ndarray]] = [[] for _ in documents]
+        out: list[tuple[int, int, np.ndarray]] = []
         device = current_device()
         for first in range(0, len(windows), self.micro_batch_size):
             batch = windows[first : first + self.micro_batch_size]
@@ -146,14 +151,38 @@ class SLMScorer:
             loss, in_top_k = loss.float().cpu().numpy(), in_top_k.cpu().numpy()
             for row, ((doc, _), length) in enumerate(zip(batch, lengths, strict=True)):
                 keep = in_top_k[row, :length]
-                counted[doc].append(loss[row, :length][keep])
+                out.append((doc, length, loss[row, :length][keep]))
+        return out
+
+    def _reduce(self, values: list[np.ndarray]) -> float:
+        """The statistic over the counted positions (NaN when none counted)."""
+        joined = np.concatenate(values) if values else np.empty(0, dtype=np.float32)
+        if not joined.size:
+            return float("nan")
         reduce = np.median if self.statistic == "median" else np.mean
-        scores = np.full(len(documents), np.nan, dtype=np.float32)
-        for doc, parts in enumerate(counted):
-            values = np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
-            if values.size:
-                scores[doc] = reduce(values.astype(np.float64))
-        return scores
+        return float(reduce(joined.astype(np.float64)))
+
+    def score_documents(self, documents: Sequence[np.ndarray]) -> np.ndarray:
+        """One float32 score per document (NaN: nothing to score)."""
+        counted: list[list[np.ndarray]] = [[] for _ in documents]
+        for doc, _, values in self._counted_positions(documents):
+            counted[doc].append(values)
+        return np.array([self._reduce(parts) for parts in counted], dtype=np.float32)
+
+    def score_windows(self, documents: Sequence[np.ndarray], min_fill: float = 0.5) -> np.ndarray:
+        """One float32 score per training window, flat in (document, window) order.
+
+        A window with fewer than ``ceil(min_fill * seq_length)`` labels (a short
+        last window) scores NaN, as does one without a counted position.
+        """
+        needed = min_labels(self.seq_length, min_fill)
+        return np.array(
+            [
+                self._reduce([values]) if length >= needed else float("nan")
+                for _, length, values in self._counted_positions(documents)
+            ],
+            dtype=np.float32,
+        )
 
 
 def vocab_parallel_loss_and_top_k(
@@ -211,6 +240,8 @@ class _Job:
     idx_fingerprint: str
     chunk_documents: int
     bin_quick: str  # size, sampled blocks, mtime: a rewritten .bin starts over
+    unit: str = "document"
+    min_window_fill: float = 0.0
 
 
 def _documents(dataset, first: int, last: int) -> list[np.ndarray]:
@@ -235,12 +266,25 @@ def score_prefix(
     prefix: str,
     *,
     chunk_documents: int = 512,
+    unit: str = "document",
+    min_window_fill: float = 0.5,
     log: Callable[[str], None] = logger.info,
     log_interval_s: float = 30.0,
 ) -> np.ndarray:
-    """Score every document of ``prefix`` and publish the sidecar (collective)."""
+    """Score every document (or training window) of ``prefix``, publish the sidecar.
+
+    Collective. ``unit="window"`` scores each ``seq_length`` window on its own
+    (:mod:`megatron_salt.selection.windows`); the chunks of work stay whole documents.
+    """
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
+    from megatron_salt.flops import approx_forward_flops
+
+    if unit not in UNITS:
+        raise ValueError(f"--score-unit must be one of {UNITS}, got {unit!r}")
+    if unit == "window" and not 0.0 < min_window_fill <= 1.0:
+        raise ValueError(f"--score-min-window-fill must be in (0, 1], got {min_window_fill}")
+    began = time.perf_counter()
     dataset = IndexedDataset(prefix, mmap=True)
     num_docs = dataset.document_indices.shape[0] - 1
     fingerprint = idx_fingerprint(prefix)
@@ -254,6 +298,8 @@ def score_prefix(
         fingerprint,
         chunk_documents,
         bin_quick,
+        unit,
+        min_window_fill if unit == "window" else 0.0,
     )
     work = Path(prefix + ".salt_scores.partial")
     rank = dist.get_rank()
@@ -273,8 +319,8 @@ def score_prefix(
     dp_size = parallel_state.get_data_parallel_world_size()
     writes = parallel_state.get_tensor_model_parallel_rank() == 0
     mine = [c for c in range(num_chunks) if c % dp_size == dp_rank]
+    already = len(list(work.glob("chunk_*.npy")))
     if rank == 0:
-        already = len(list(work.glob("chunk_*.npy")))
         if already:
             log(f"resuming {prefix}: {already} of {num_chunks} chunks already scored")
     start_time, last_log, tokens_done, computed = time.perf_counter(), 0.0, 0, 0
@@ -285,7 +331,11 @@ def score_prefix(
         first, last = chunk * chunk_documents, min(num_docs, (chunk + 1) * chunk_documents)
         documents = _documents(dataset, first, last)
         try:
-            scores = scorer.score_documents(documents)
+            scores = (
+                scorer.score_windows(documents, min_window_fill)
+                if unit == "window"
+                else scorer.score_documents(documents)
+            )
         except ValueError as err:
             raise ValueError(f"{prefix}, documents {first}-{last - 1}: {err}") from None
         if writes:
@@ -310,6 +360,8 @@ def score_prefix(
         else np.empty(0, dtype=np.float32)
     )
     if rank == 0:
+        # Every label position is one SLM forward token (windows do not overlap).
+        scored_tokens = int(np.maximum(document_lengths(dataset) - 1, 0).sum())
         bin_fp = BinFingerprint.of(prefix)  # the whole .bin, once, on one rank
         if f"{bin_fp.size}:{bin_fp.sampled}:{bin_fp.mtime_ns}" != bin_quick:
             raise ValueError(f"{prefix}.bin changed while it was being scored; score it again")
@@ -327,12 +379,22 @@ def score_prefix(
             bin_blake2b=bin_fp.blake2b,
             bin_sampled=bin_fp.sampled,
             bin_mtime_ns=bin_fp.mtime_ns,
+            unit=unit,
+            num_windows=len(scores) if unit == "window" else -1,
+            min_window_fill=job.min_window_fill,
+            scored_tokens=scored_tokens,
+            scoring_seconds=round(time.perf_counter() - began, 3),
+            scoring_world_size=dist.get_world_size(),
+            resumed_chunks=already,
+            scoring_flops=approx_forward_flops(scorer.model_cfg.num_parameters(), scored_tokens),
         )
         write_scores(prefix, scores, header)
         shutil.rmtree(work)
         log(
-            f"wrote {prefix}.salt_scores.npy: {header.num_scored:,} of {num_docs:,} documents "
-            f"scored ({scorer.statistic} loss over top-{scorer.top_k} positions)"
+            f"wrote {prefix}.salt_scores.npy: {header.num_scored:,} of {len(scores):,} {unit}s "
+            f"scored ({scorer.statistic} loss over top-{scorer.top_k} positions) | "
+            f"{scored_tokens:,} tokens, {header.scoring_seconds:,.1f}s, "
+            f"{header.scoring_flops:.3g} FLOPs"
         )
     dist.barrier()
     return scores

@@ -2,12 +2,14 @@
 
 Two files next to ``{prefix}.idx``:
 
-* ``{prefix}.salt_scores.npy`` - float32, one score per document in ``.idx``
-  document order, NaN for documents too short (or too hard) to score;
+* ``{prefix}.salt_scores.npy`` - float32, one score per unit: per document in
+  ``.idx`` document order (``unit: document``), or per training window in
+  (document, window) order (``unit: window``, see :mod:`.windows`); NaN for units
+  too short (or too hard) to score;
 * ``{prefix}.salt_scores.json`` - the header: which SLM checkpoint scored, with
-  which top-k, statistic and window length, a fingerprint of the ``.idx`` and one
-  of the ``.bin`` (size, blake2b of the whole file, blake2b of 64 sampled blocks,
-  modification time).
+  which top-k, statistic, unit and window length, a fingerprint of the ``.idx``
+  and one of the ``.bin`` (size, blake2b of the whole file, blake2b of 64 sampled
+  blocks, modification time), and what scoring cost (tokens, seconds, FLOPs).
 
 The header is written last and removed first, so a half-written pair is never
 read. Readers check the fingerprints: scores computed for another ``.idx``
@@ -36,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 SCORES_SUFFIX = ".salt_scores.npy"
 HEADER_SUFFIX = ".salt_scores.json"
-FORMAT_VERSION = 2  # 2: the .bin fingerprint
+FORMAT_VERSION = 3  # 2: the .bin fingerprint; 3: unit, min_window_fill, scoring cost
 BIN_CHECKS = ("quick", "full")
 _SAMPLED_BLOCKS, _SAMPLE_BYTES = 64, 1 << 16
 
@@ -63,6 +65,22 @@ class ScoreHeader:
     bin_blake2b: str = ""
     bin_sampled: str = ""
     bin_mtime_ns: int = -1
+    unit: str = "document"  # "document" | "window" (format 3)
+    num_windows: int = -1  # unit "window": entries of the .npy
+    min_window_fill: float = 0.0  # unit "window": a short last window needs this many S labels
+    # Scoring cost (format 3; -1: not recorded): tokens fed to the SLM, the
+    # wall-clock of the invocation that published the scores (a lower bound when
+    # it resumed chunks from an earlier one), its ranks, and the forward FLOPs
+    # 2*N*tokens (N: the SLM's parameters; megatron_salt.flops).
+    scored_tokens: int = -1
+    scoring_seconds: float = -1.0
+    scoring_world_size: int = -1
+    resumed_chunks: int = 0
+    scoring_flops: float = -1.0
+
+    @property
+    def num_units(self) -> int:
+        return self.num_windows if self.unit == "window" else self.num_documents
 
 
 def idx_fingerprint(prefix: str) -> str:
@@ -145,8 +163,8 @@ def scores_paths(prefix: str) -> tuple[Path, Path]:
 def write_scores(prefix: str, scores: np.ndarray, header: ScoreHeader) -> None:
     """Publish scores atomically: header removed, array renamed in, header renamed in."""
     scores_path, header_path = scores_paths(prefix)
-    if len(scores) != header.num_documents:
-        raise ValueError(f"{len(scores)} scores for {header.num_documents} documents")
+    if len(scores) != header.num_units:
+        raise ValueError(f"{len(scores)} scores for {header.num_units} {header.unit}s")
     header_path.unlink(missing_ok=True)
     tmp = scores_path.with_name(scores_path.name + ".tmp")
     try:
@@ -171,9 +189,12 @@ def read_header(prefix: str) -> ScoreHeader:
             "run tools/score_data.py on it first"
         )
     try:
-        return ScoreHeader(**json.loads(header_path.read_text()))
+        header = ScoreHeader(**json.loads(header_path.read_text()))
     except (ValueError, TypeError) as err:
         raise StaleScoresError(f"{header_path}: unreadable score header ({err})") from None
+    if header.unit not in ("document", "window"):
+        raise StaleScoresError(f"{header_path}: unknown score unit {header.unit!r}")
+    return header
 
 
 def load_scores(
@@ -206,8 +227,21 @@ def load_scores(
     if not scores_path.is_file():
         raise StaleScoresError(f"{header_path} has no {scores_path.name} beside it")
     scores = np.load(scores_path)
-    if scores.shape != (header.num_documents,):
+    if scores.shape != (header.num_units,):
         raise StaleScoresError(
-            f"{scores_path}: {scores.shape[0]} scores, header says {header.num_documents} documents"
+            f"{scores_path}: {scores.shape[0]} scores, header says "
+            f"{header.num_units} {header.unit}s"
         )
+    if header.unit == "window" and check_fingerprint:
+        from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+        from megatron_salt.selection.windows import document_lengths, windows_per_document
+
+        lengths = document_lengths(IndexedDataset(prefix, mmap=True))
+        expected = int(windows_per_document(lengths, header.seq_length).sum())
+        if expected != header.num_windows:
+            raise StaleScoresError(
+                f"{header_path}: {header.num_windows} windows of {header.seq_length} tokens, "
+                f"{prefix} has {expected}; re-run tools/score_data.py"
+            )
     return scores, header

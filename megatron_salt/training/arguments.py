@@ -193,6 +193,13 @@ def build_parser(prog: str = "pretrain_salt.py") -> argparse.ArgumentParser:
         help="how the scores are checked against each .bin: quick (size, sampled blocks, and "
         "the whole-file hash if the .bin was rewritten since scoring) or full (always hash it)",
     )
+    kd.add_argument(
+        "--kd-data-selection-by",
+        choices=["global", "subset"],
+        default="global",
+        help="global: one ranking over each prefix; subset: the rule applied within each Pile "
+        "subset ({prefix}.subsets.npy), so every subset keeps the same fraction of its units",
+    )
     return parser
 
 
@@ -335,6 +342,10 @@ def _validate_kd_args(args: argparse.Namespace) -> None:
                 load_scores(prefix, bin_check=args.kd_data_selection_check)
             except StaleScoresError as err:
                 raise ValueError(f"--kd-data-selection: {err}") from None
+            if args.kd_data_selection_by == "subset":
+                from megatron_salt.selection.units import subset_ids
+
+                subset_ids(prefix)  # MissingSubsetsError (a ValueError), one line
 
 
 def _check_data_prefixes(flag: str, blend: list[str]) -> None:
@@ -388,6 +399,7 @@ def kd_config_from_args(args: argparse.Namespace) -> KDConfig:
         schedule=args.kd_schedule,
         data_path=args.kd_data_path,
         data_selection=args.kd_data_selection,
+        data_selection_by=args.kd_data_selection_by,
     )
 
 

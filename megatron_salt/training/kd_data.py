@@ -1,7 +1,10 @@
 """Data for the KD phase: ``--kd-data-path``, optionally narrowed by ``--kd-data-selection``.
 
 ``--split`` applies here as well, so when the KD data is (a subset of) the
-training corpus, the KD phase never trains on its validation documents.
+training corpus, the KD phase never trains on its validation documents. The
+unit selected (documents or training windows) is the one the sidecars were
+scored in; ``--kd-data-selection-by subset`` applies the rule within each Pile
+subset.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from megatron_salt.selection.dataset import (
     NoSelectedDocumentError,
     SelectedGPTDataset,
     SelectedGPTDatasetConfig,
+    SelectedWindowDataset,
+    SelectedWindowDatasetConfig,
 )
 from megatron_salt.selection.rules import Selection
-from megatron_salt.selection.sidecar import load_scores
+from megatron_salt.selection.units import ScoredUnits
 from megatron_salt.training.data import DatasetTokenizer, build_datasets, gpt_dataset_config
 
 logger = logging.getLogger(__name__)
@@ -29,30 +34,59 @@ class EmptySelectionError(ValueError):
     """``--kd-data-selection`` keeps no document (of a prefix, or of its train split)."""
 
 
-def select_documents(prefixes: list[str], selection: Selection) -> dict[str, object]:
-    """prefix -> selected document ids, from each prefix's score sidecar."""
-    selected = {}
+def select_units(
+    prefixes: list[str],
+    selection: Selection,
+    by: str = "global",
+    seq_length: int | None = None,
+) -> tuple[str, dict[str, np.ndarray]]:
+    """(unit, prefix -> kept units) from each prefix's score sidecar.
+
+    Documents: sorted ids. Windows: ``[n, 2]`` (document, window) pairs, whose
+    length must be the training ``seq_length``.
+    """
+    selected, units = {}, set()
     for prefix in prefixes:
-        scores, header = load_scores(prefix)
-        selected[prefix] = keep = selection.select(scores)
-        if len(keep) == 0:
-            scored = int(np.isfinite(scores).sum())
+        scored = ScoredUnits.load(prefix)
+        units.add(scored.unit)
+        scored_length = scored.header.seq_length
+        if scored.unit == "window" and seq_length is not None and scored_length != seq_length:
             raise EmptySelectionError(
-                f"{selection.text} keeps no document of {prefix} ({scored} of "
-                f"{len(scores)} documents have a score)"
+                f"{prefix} was scored in windows of {scored_length} tokens, but "
+                f"--seq-length is {seq_length}: the KD phase trains on the scored "
+                "windows, so score with --score-seq-length equal to --seq-length"
             )
+        keep = scored.select(selection, by)
+        if len(keep) == 0:
+            num_scored = int(np.isfinite(scored.scores).sum())
+            raise EmptySelectionError(
+                f"{selection.text} keeps no {scored.unit} of {prefix} ({num_scored} of "
+                f"{len(scored.scores)} {scored.unit}s have a score)"
+            )
+        selected[prefix] = scored.window_pairs(keep) if scored.unit == "window" else keep
+        header = scored.header
         logger.info(
-            "--kd-data-selection %s: %s keeps %d of %d documents (%d scored by %s, top-%d %s)",
+            "--kd-data-selection %s (by %s): %s keeps %d of %d %ss, %d of %d tokens "
+            "(%d scored by %s, top-%d %s)",
             selection.text,
+            by,
             prefix,
             len(keep),
-            header.num_documents,
+            len(scored.scores),
+            scored.unit,
+            int(scored.tokens[keep].sum()),
+            int(scored.tokens.sum()),
             header.num_scored,
             header.slm_checkpoint,
             header.top_k,
             header.statistic,
         )
-    return selected
+    if len(units) > 1:
+        raise EmptySelectionError(
+            "the --kd-data-path prefixes were scored in different units (document and "
+            "window); score them all with the same tools/score_data.py --score-unit"
+        )
+    return units.pop(), selected
 
 
 def build_kd_dataset(
@@ -79,13 +113,21 @@ def build_kd_dataset(
         train, _, _ = build_datasets(gpt_dataset_config(**common), [num_samples, 0, 0])
         return train
     prefixes = get_blend_from_list(list(kd.data_path))[0]
-    config = gpt_dataset_config(
-        **common,
-        config_class=SelectedGPTDatasetConfig,
-        selected_documents=select_documents(prefixes, Selection.parse(kd.data_selection)),
+    unit, selected = select_units(
+        prefixes, Selection.parse(kd.data_selection), kd.data_selection_by, seq_length
     )
+    if unit == "window":
+        config = gpt_dataset_config(
+            **common, config_class=SelectedWindowDatasetConfig, selected_windows=selected
+        )
+        dataset_class = SelectedWindowDataset
+    else:
+        config = gpt_dataset_config(
+            **common, config_class=SelectedGPTDatasetConfig, selected_documents=selected
+        )
+        dataset_class = SelectedGPTDataset
     try:
-        train, _, _ = build_datasets(config, [num_samples, 0, 0], dataset_class=SelectedGPTDataset)
+        train, _, _ = build_datasets(config, [num_samples, 0, 0], dataset_class=dataset_class)
     except NoSelectedDocumentError as err:
         raise EmptySelectionError(f"{kd.data_selection}: {err} (--split {split})") from None
     return train

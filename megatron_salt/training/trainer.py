@@ -176,6 +176,7 @@ class Trainer:
             "kd_schedule": self.kd.schedule if self.kd.enabled else None,
             "kd_data_path": self.kd.data_path,
             "kd_data_selection": self.kd.data_selection,
+            "kd_data_selection_by": self.kd.data_selection_by,
         }
 
     # --- construction -------------------------------------------------------
