@@ -57,14 +57,19 @@ DISTRIBUTED_TIMEOUT = datetime.timedelta(minutes=30)
 
 
 def initialize_distributed(
-    backend: str | None = None, *, timeout: datetime.timedelta = DISTRIBUTED_TIMEOUT
+    backend: str | None = None,
+    *,
+    timeout: datetime.timedelta = DISTRIBUTED_TIMEOUT,
+    alone: bool = False,
 ) -> None:
     """torchrun's environment (or one process without torchrun) -> the default process group.
 
-    The one start-up of every entry point (training, scoring, the test ranks): Megatron-Core's
-    CPU patches first (a no-op with CUDA), then nccl on GPUs or gloo on CPU unless ``backend``
-    says otherwise, each rank on its ``LOCAL_RANK`` device. Megatron's model-parallel groups
-    are the caller's (it knows the layout). Does nothing if a group already exists.
+    The one start-up of every entry point (training, scoring, conversions, the test ranks):
+    Megatron-Core's CPU patches first (a no-op with CUDA), then nccl on GPUs or gloo on CPU
+    unless ``backend`` says otherwise, each rank on its ``LOCAL_RANK`` device. ``alone``: a
+    one-rank group on a free port whatever the environment says (a conversion inside a
+    larger job). Megatron's model-parallel groups are the caller's (it knows the layout).
+    Does nothing if a group already exists.
     """
     from megatron_salt.compat import apply_cpu_patches
 
@@ -73,11 +78,17 @@ def initialize_distributed(
         return
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    single_process_rendezvous()
+    if alone:
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ["MASTER_PORT"] = str(free_port())
+        rank, world_size = 0, 1
+    else:
+        single_process_rendezvous()
+        rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     dist.init_process_group(
         backend or ("nccl" if torch.cuda.is_available() else "gloo"),
-        rank=int(os.environ.get("RANK", "0")),
-        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        rank=rank,
+        world_size=world_size,
         timeout=timeout,
     )
 

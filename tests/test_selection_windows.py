@@ -50,9 +50,9 @@ def _reference_window_scores(checkpoint: str, prefix: str) -> list[float]:
     from megatron.core.datasets.indexed_dataset import IndexedDataset
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
+    from megatron_salt.checkpoint_dir import resolve_checkpoint
     from megatron_salt.config import ModelConfig, ParallelConfig, PrecisionConfig
     from megatron_salt.teacher import load_frozen_gpt
-    from megatron_salt.training.checkpointing import resolve_checkpoint
 
     parallel_state.initialize_model_parallel(1, 1)
     model_parallel_cuda_manual_seed(0)
@@ -104,8 +104,8 @@ def test_window_layout_in_closed_form():
 def test_window_scores_equal_a_float64_recomputation(window_scored, checkpoints):
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
+    from megatron_salt.checkpoint_dir import resolve_checkpoint
     from megatron_salt.config import ModelConfig
-    from megatron_salt.training.checkpointing import resolve_checkpoint
 
     prefix, scores = window_scored
     (reference,) = run_on_ranks(_reference_window_scores, 1, str(checkpoints[0]), prefix)

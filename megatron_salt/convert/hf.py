@@ -119,16 +119,10 @@ def single_process_megatron() -> Iterator[None]:
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-    from megatron_salt.compat import apply_cpu_patches
+    from megatron_salt.parallel import initialize_distributed
 
-    apply_cpu_patches()
     own_group = not dist.is_initialized()
-    if own_group:
-        from megatron_salt.parallel import free_port
-
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ["MASTER_PORT"] = str(free_port())
-        dist.init_process_group("gloo", rank=0, world_size=1)
+    initialize_distributed("gloo", alone=True)
     own_parallel = not parallel_state.model_parallel_is_initialized()
     if own_parallel:
         parallel_state.initialize_model_parallel(1, 1)
