@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from megatron_salt.monitor import MetricsLog
+from megatron_salt.monitor import MetricsLog, wandb_view
 from megatron_salt.report import (
     compare,
     load_run,
@@ -286,12 +286,25 @@ def wandb_rows(name: str, crash_at: int | None = None):
             bogus = {"train/lm loss": 99.0, "valid/lm loss": 0.0}
             launches.append(rows + [[step, bogus], [step + 10, bogus]])
             rows = []
-        rows.append([step, {f"train/{k}": v for k, v in train.items()}])
+        # What monitor.RunLog sends wandb for the records metrics.jsonl gets.
+        rows.append([step, wandb_view("train", train)])
         if loss is not None:
-            rows.append([step, {"valid/lm loss": loss}])
+            rows.append([step, wandb_view("eval", {"lm loss": loss, "train time (s)": 0.0})])
         if event:
-            rows.append([step, {"kd/teacher_released": 1}])
+            rows.append([step, wandb_view("event", {"event": event, "teacher bytes freed": 1})])
     return launches + [rows]
+
+
+def test_wandb_view_keeps_the_names_the_reader_reads():
+    assert wandb_view("train", {"lm loss": 3.0, "train time (s)": 5.0}) == {
+        "train/lm loss": 3.0,
+        "train/train time (s)": 5.0,
+    }
+    assert wandb_view("eval", {"lm loss": 2.5, "train time (s)": 5.0}) == {"valid/lm loss": 2.5}
+    assert wandb_view("event", {"event": "kd_end", "teacher bytes freed": 8}) == {
+        "kd/teacher_released": 1
+    }
+    assert wandb_view("run", {"mode": "salt"}) == {}  # wandb's config carries the header
 
 
 def test_wandb_offline_runs_give_the_same_table(jsonl_runs, tmp_path):
