@@ -16,9 +16,9 @@ export STAGE_TIMES=${STAGE_TIMES:-$DEMO_DIR/stage_times.tsv}
 # Where the processes go: single (one process), tp2 or pp2 (two gloo ranks via torchrun).
 LAYOUT=${LAYOUT:-single}
 
-STUDENT_ITERS=${STUDENT_ITERS:-200}
+STUDENT_ITERS=${STUDENT_ITERS:-160}
 TEACHER_ITERS=${TEACHER_ITERS:-$STUDENT_ITERS}
-KD_ITERS=${KD_ITERS:-60}             # n_KD: the first 30% of the student's steps
+KD_ITERS=${KD_ITERS:-48}             # n_KD: the first 30% of the student's steps
 # Students also keep a checkpoint at 70% of their steps: the paper's few-shot comparison point.
 STUDENT_SAVE_INTERVAL=${STUDENT_SAVE_INTERVAL:-$(( STUDENT_ITERS * 7 / 10 ))}
 

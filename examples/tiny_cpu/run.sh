@@ -68,7 +68,8 @@ report() {
     mkdir -p "$DEMO_DIR/report"
     "$PY" tools/compare_runs.py "$RUNS/baseline" "$RUNS/salt" "$RUNS/salt_ds" \
         --baseline "$RUNS/baseline" --out "$DEMO_DIR/report/salt_vs_baseline" \
-        --title "SALT vs baseline: tiny CPU demo" --stage-times "$STAGE_TIMES"
+        --title "SALT vs baseline: tiny CPU demo" --stage-times "$STAGE_TIMES" \
+        --count-teacher-cost "$RUNS/teacher" --scoring-cost "$DATA"
 }
 
 mode=${1:-all}
