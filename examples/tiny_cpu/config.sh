@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The tiny CPU example: a ~2.6M-parameter student and a ~0.9M-parameter SLM teacher on the
 # embedded demo corpus (make demo builds it). The paper's regime: the teacher is smaller and
-# trained on no more tokens than the students, so it ends *worse* than the baseline student
-# and KD has to stop early. Sized to finish in 15 min on 2 fp32-only (AVX2) cores.
+# trained on half the students' tokens, so it ends *worse* than the baseline student and KD
+# has to stop early. Sized to finish in 15 min on 2 fp32-only (AVX2) cores.
 # Sourced by run.sh and by benchmarks; every setting can be overridden from the environment.
 # shellcheck disable=SC2034  # arrays are used by the scripts that source this file
 
@@ -17,7 +17,9 @@ export STAGE_TIMES=${STAGE_TIMES:-$DEMO_DIR/stage_times.tsv}
 LAYOUT=${LAYOUT:-single}
 
 STUDENT_ITERS=${STUDENT_ITERS:-160}
-TEACHER_ITERS=${TEACHER_ITERS:-$STUDENT_ITERS}
+# Half the students' tokens: trained as long as a student, the smaller teacher still ends
+# level with the baseline here (4.438 vs 4.448); the paper's 1.5B teacher ends worse.
+TEACHER_ITERS=${TEACHER_ITERS:-$(( STUDENT_ITERS / 2 ))}
 KD_ITERS=${KD_ITERS:-48}             # n_KD: the first 30% of the student's steps
 # Students also keep a checkpoint at 70% of their steps: the paper's few-shot comparison point.
 STUDENT_SAVE_INTERVAL=${STUDENT_SAVE_INTERVAL:-$(( STUDENT_ITERS * 7 / 10 ))}
