@@ -6,8 +6,8 @@
 #   score per document or per training window, selected globally or within each Pile subset.
 # Writes one comparison per seed under $DEMO_DIR/ablation/. Runs resume if stopped.
 #
-#   benchmarks/salt_ablation.sh                       # ~18 student runs + 1 scoring pass
-#   SEEDS="1234" KD_SWEEP="20 100" benchmarks/salt_ablation.sh
+#   benchmarks/salt_ablation.sh                       # 18 student runs + 1 scoring pass
+#   SEEDS="1234" KD_SWEEP="16 80" benchmarks/salt_ablation.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -18,7 +18,7 @@ export DEMO_DIR STAGE_TIMES=${STAGE_TIMES:-$DEMO_DIR/ablation/stage_times.tsv}
 source examples/tiny_cpu/config.sh
 RUN=examples/tiny_cpu/run.sh
 SEEDS=${SEEDS:-1234 4321}
-KD_SWEEP=${KD_SWEEP:-20 40 100}
+KD_SWEEP=${KD_SWEEP:-16 32 80 128}  # n_KD: 10%, 20%, 50%, 80% of the steps (the demo: 30%)
 if [[ ! -f "$RUNS/teacher/done" || ! -f "$DATA.salt_scores.json" ]]; then
     echo "salt_ablation.sh: error: no trained teacher or scores in $DEMO_DIR; run 'make demo' first" >&2
     exit 2
