@@ -51,8 +51,8 @@ CORPUS := $(DEMO_DIR)/corpus
 TOKENIZER := $(DEMO_DIR)/tokenizer/spm.model
 DATA_PREFIX := $(DEMO_DIR)/data/demo
 
-# ~7 MB of text (~2.2M tokens): several times what the demo trains on, scored in ~2.5 min.
-DEMO_MAX_DOCS ?= 160
+# ~4 MB of text (~1.2M tokens): several times what a student trains on (0.33M tokens).
+DEMO_MAX_DOCS ?= 80
 # Each stage's wall-clock goes to the report (examples/tiny_cpu/time_stage.sh).
 export STAGE_TIMES := $(abspath $(DEMO_DIR))/stage_times.tsv
 TIME_STAGE := examples/tiny_cpu/time_stage.sh

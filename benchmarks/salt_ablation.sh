@@ -1,48 +1,72 @@
 #!/usr/bin/env bash
-# SALT ablation on the tiny CPU example: does the demo's SALT gain survive other choices of
-# w, n_KD, schedule, T and seed? Runs after `make demo` (reuses its data, teacher, scores and
-# baseline/salt/salt_ds runs) and writes one comparison per seed under $DEMO_DIR/ablation/.
+# SALT / SALT_DS ablation on the tiny CPU example, two seeds (BENCHMARKS.md, "Ablation").
+# Runs after `make demo` (reuses its data, teacher, scores and, at the demo's seed, its
+# baseline and salt runs). Per seed:
+#   baseline; SALT (n_KD = the demo's KD_ITERS); an n_KD sweep; SALT_DS with the SLM's
+#   score per document or per training window, selected globally or within each Pile subset.
+# Writes one comparison per seed under $DEMO_DIR/ablation/. Runs resume if stopped.
 #
-#   benchmarks/salt_ablation.sh            # ~25 min on 2 cores (10 student runs of ~2.2 min)
-#
-# Each variant changes one setting of examples/tiny_cpu/config.sh; everything else (data,
-# steps, LR schedule, teacher) stays the demo's. Runs resume if interrupted.
+#   benchmarks/salt_ablation.sh                       # 18 student runs + 1 scoring pass
+#   SEEDS="1234" KD_SWEEP="16 80" benchmarks/salt_ablation.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 export PY
 DEMO_DIR=${DEMO_DIR:-demo_out}
-RUNS=$DEMO_DIR/runs
+export DEMO_DIR STAGE_TIMES=${STAGE_TIMES:-$DEMO_DIR/ablation/stage_times.tsv}
+# shellcheck source=examples/tiny_cpu/config.sh
+source examples/tiny_cpu/config.sh
 RUN=examples/tiny_cpu/run.sh
-if [[ ! -f "$RUNS/teacher/done" ]]; then
-    echo "salt_ablation.sh: error: no trained teacher in $RUNS/teacher; run 'make demo' first" >&2
+SEEDS=${SEEDS:-1234 4321}
+KD_SWEEP=${KD_SWEEP:-16 32 80 128}  # n_KD: 10%, 20%, 50%, 80% of the steps (the demo: 30%)
+if [[ ! -f "$RUNS/teacher/done" || ! -f "$DATA.salt_scores.json" ]]; then
+    echo "salt_ablation.sh: error: no trained teacher or scores in $DEMO_DIR; run 'make demo' first" >&2
     exit 2
 fi
 
+# The other scoring unit than the demo's: the same tokens under a second prefix (one
+# sidecar per prefix), scored per document or per --seq-length window.
+OTHER_UNIT=window; [[ "$SCORE_UNIT" == window ]] && OTHER_UNIT=document
+OTHER_DATA=$DEMO_DIR/ablation/${OTHER_UNIT}_scores/$(basename "$DATA")
+if [[ ! -f "$OTHER_DATA.salt_scores.json" ]]; then
+    mkdir -p "$(dirname "$OTHER_DATA")"
+    for suffix in .bin .idx .subsets.npy .summary.json .max_token_id.json; do
+        if [[ -e "$DATA$suffix" ]]; then ln -f "$DATA$suffix" "$OTHER_DATA$suffix"; fi
+    done
+    DATA=$OTHER_DATA SCORE_UNIT=$OTHER_UNIT STAGE_TIMES=/dev/null "$RUN" score
+fi
+declare -A UNIT_DATA=([$SCORE_UNIT]=$DATA [$OTHER_UNIT]=$OTHER_DATA)
+
 variant() {  # variant NAME MODE [VAR=VALUE...]
     local name=$1 mode=$2; shift 2
-    env "$@" RUN_NAME="$name" DEMO_DIR="$DEMO_DIR" "$RUN" "$mode"
+    env "$@" RUN_NAME="$name" "$RUN" "$mode"
 }
 
-# Seed 1234 (the demo's): the demo runs are the reference points.
-variant salt_w0.3 salt KD_ALPHA=0.3
-variant salt_w0.7 salt KD_ALPHA=0.7
-variant salt_linear salt KD_SCHEDULE=linear
-variant salt_kd30 salt KD_ITERS=30
-variant salt_kd120 salt KD_ITERS=120
-variant salt_T2 salt KD_TEMPERATURE=2.0
-# SALT_DS with a milder selection: does keeping 80% of documents undo top:0.5's subset skew?
-variant salt_ds_top0.8 salt_ds KD_SELECTION=top:0.8
-# Another seed (initialisation and data order): is the gap larger than seed noise?
-variant baseline_seed4321 baseline SEED=4321
-variant salt_seed4321 salt SEED=4321
-variant salt_ds_seed4321 salt_ds SEED=4321
+for seed in $SEEDS; do
+    # The demo's own runs are seed 1234's reference points.
+    tag=""; [[ "$seed" != 1234 ]] && tag="_seed$seed"
+    variant "baseline$tag" baseline SEED="$seed"
+    variant "salt$tag" salt SEED="$seed"
+    for kd in $KD_SWEEP; do variant "salt_kd$kd$tag" salt SEED="$seed" KD_ITERS="$kd"; done
+    for unit in document window; do
+        for by in global subset; do
+            variant "salt_ds_${unit}_$by$tag" salt_ds SEED="$seed" DATA="${UNIT_DATA[$unit]}" \
+                SCORE_UNIT="$unit" KD_SELECTION_BY="$by"
+        done
+    done
 
-mkdir -p "$DEMO_DIR/ablation"
-"$PY" tools/compare_runs.py "$RUNS"/{baseline,salt,salt_w0.3,salt_w0.7,salt_linear,salt_kd30,salt_kd120,salt_T2,salt_ds,salt_ds_top0.8} \
-    --baseline "$RUNS/baseline" --out "$DEMO_DIR/ablation/seed1234" \
-    --title "SALT ablation, seed 1234 (tiny CPU demo)"
-"$PY" tools/compare_runs.py "$RUNS"/{baseline_seed4321,salt_seed4321,salt_ds_seed4321} \
-    --baseline "$RUNS/baseline_seed4321" --out "$DEMO_DIR/ablation/seed4321" \
-    --title "SALT vs baseline, seed 4321 (tiny CPU demo)"
-echo "== ablation tables: $DEMO_DIR/ablation/seed1234.md $DEMO_DIR/ablation/seed4321.md"
+    runs=("$RUNS/baseline$tag" "$RUNS/salt$tag")
+    for kd in $KD_SWEEP; do runs+=("$RUNS/salt_kd$kd$tag"); done
+    runs+=("$RUNS"/salt_ds_{document,window}_{global,subset}"$tag")
+    mkdir -p "$DEMO_DIR/ablation"
+    "$PY" tools/compare_runs.py "${runs[@]}" --baseline "$RUNS/baseline$tag" \
+        --out "$DEMO_DIR/ablation/seed$seed" --title "SALT ablation, seed $seed (tiny CPU demo)"
+done
+for unit in document window; do
+    for by in global subset; do
+        echo "== kept by $KD_SELECTION ($unit scores, $by)"
+        "$PY" tools/select_data.py --data-path "${UNIT_DATA[$unit]}" --kd-data-selection "$KD_SELECTION" \
+            --kd-data-selection-by "$by"
+    done
+done | tee "$DEMO_DIR/ablation/selections.txt"
+echo "== ablation tables: $DEMO_DIR/ablation/seed*.md, kept mix: $DEMO_DIR/ablation/selections.txt"

@@ -204,6 +204,24 @@ def cost_rows(rows: Sequence[Comparison], cost: OverheadCost) -> list[list[str]]
     return out
 
 
+def _teacher_regime(rows: Sequence[Comparison], teacher: Run) -> list[str]:
+    """Is the teacher weaker than the baseline student at the end (the paper's regime)?"""
+    base = next((row for row in rows if row.is_baseline), None)
+    if base is None or not teacher.val_loss:
+        return []
+    final, target = teacher.final_val.value, base.final_val_loss
+    regime = (
+        "worse than the baseline student's: the paper's regime, where KD has to stop early"
+        if final > target
+        else "at or below the baseline student's: a stronger teacher than the paper's"
+    )
+    return [
+        f"The teacher's final validation loss is {final:.4f} against the baseline's "
+        f"{target:.4f}, {regime} (validation sets must match for this to mean anything).",
+        "",
+    ]
+
+
 def cost_section(rows: Sequence[Comparison], cost: OverheadCost) -> str:
     """The markdown section ``--count-teacher-cost`` adds to the report."""
     teacher = cost.teacher
@@ -221,6 +239,7 @@ def cost_section(rows: Sequence[Comparison], cost: OverheadCost) -> str:
             else " Scoring cost not given (`--scoring-cost PREFIX`): SALT_DS rows say so."
         ),
         "",
+        *_teacher_regime(rows, teacher),
         "| " + " | ".join(COST_HEADER) + " |",
         "|" + "---|" * len(COST_HEADER),
         *["| " + " | ".join(cells) + " |" for cells in cost_rows(rows, cost)],

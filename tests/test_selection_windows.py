@@ -327,24 +327,24 @@ def test_window_scores_need_the_training_seq_length(tmp_path, tiny_data):
         )  # fmt: skip
 
 
-def test_select_by_subset_without_subset_ids_is_one_line(tmp_path, tiny_data, checkpoints):
+def test_select_by_subset_without_subset_ids_is_one_line(tmp_path, tiny_data, checkpoints, capsys):
+    from megatron_salt.selection.cli import select_main
+    from megatron_salt.training.loop import main
+
     copy = _copy_prefix(tiny_data.prefix, tmp_path / "nosub")
     _window_sidecar(copy, 64)
-    select = subprocess.run(
-        [sys.executable, str(REPO / "tools/select_data.py"), "--data-path", copy,
-         "--kd-data-selection", "top:0.5", "--kd-data-selection-by", "subset"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert select.returncode == 2
-    assert select.stderr.strip().splitlines() == [
-        f"select_data.py: error: --kd-data-selection-by subset: {copy}.subsets.npy not found "
+    missing = (
+        f"--kd-data-selection-by subset: {copy}.subsets.npy not found "
         "(per-document Pile subset ids, written by tools/preprocess_pile.py)"
-    ]
-    from megatron_salt.training.loop import main
+    )
+    argv = ["--data-path", copy, "--kd-data-selection", "top:0.5"]
+    assert select_main([*argv, "--kd-data-selection-by", "subset"]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"select_data.py: error: {missing}"]
 
     argv = salt_args(tiny_data, checkpoints, tmp_path / "run", "--train-iters", "2")
     argv += ["--kd-iters", "1", "--kd-data-path", copy, "--kd-data-selection", "top:0.5"]
     assert main([*argv, "--kd-data-selection-by", "subset"]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"pretrain_salt.py: error: {missing}"]
 
 
 def test_salt_ds_by_window_through_the_clis(tmp_path, tiny_data, checkpoints):

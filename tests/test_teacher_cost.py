@@ -112,6 +112,12 @@ def test_teacher_and_scoring_cost_are_added_to_salt(runs, tmp_path, capsys):
         f"{100 * (750 + teacher_seconds + SCORING_SECONDS) / 1000:.1f}%"
     )  # 102.0%: with its teacher and scoring counted, SALT_DS no longer saves time here
     assert "the teacher run's training time and the scoring job's wall-clock" in markdown
+    final_teacher = 5.0 - TEACHER_STEPS // 50 * 50 / 1000
+    assert (
+        f"The teacher's final validation loss is {final_teacher:.4f} "
+        "against the baseline's 3.6500, " in markdown
+    )
+    assert ("worse than the baseline student's" in markdown) == (final_teacher > 3.65)
 
 
 def test_without_scoring_cost_salt_ds_rows_say_so(runs, tmp_path, capsys):

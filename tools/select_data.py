@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Show SLM score distributions and what a --kd-data-selection rule keeps.
 
-python tools/select_data.py --data-path /data/pile_text_document --kd-data-selection top:0.5
+python tools/select_data.py --data-path /data/pile_text_document --kd-data-selection top:0.5 \
+    [--kd-data-selection-by subset]
 """
 
 import sys

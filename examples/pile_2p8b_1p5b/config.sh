@@ -155,8 +155,8 @@ KD_ARGS=(
 )
 
 # --- SALT_DS: the SLM scores the data, the KD phase trains on the selection -------------------
-# MODE=score runs tools/score_data.py with the teacher over DATA_PREFIX (data-parallel over
-# every GPU of the job) and writes DATA_PREFIX.salt_scores.{npy,json}; MODE=salt_ds is
+# MODE=score runs tools/score_data.py with the teacher over KD_DATA_PREFIX (data-parallel over
+# every GPU of the job) and writes KD_DATA_PREFIX.salt_scores.{npy,json}; MODE=salt_ds is
 # MODE=salt plus the selection flags. The paper ranks training *sequences*: SCORE_UNIT=window
 # scores every SEQ_LENGTH window on its own and the KD phase trains on exactly the selected
 # windows; KD_DATA_SELECTION_BY=subset applies the rule within each Pile subset

@@ -60,7 +60,7 @@ case "$MODE" in
         )
         ;;
     score)
-        # Resumable: finished chunks are kept in DATA_PREFIX.salt_scores.partial/, so a
+        # Resumable: finished chunks are kept in KD_DATA_PREFIX.salt_scores.partial/, so a
         # requeued job continues where it stopped, at any number of nodes.
         RUN_NAME="score_${SCORE_UNIT}"
         ENTRY="tools/score_data.py"
@@ -136,7 +136,7 @@ fi
 mkdir -p "$RUN_LOG_DIR"
 if [[ "$MODE" == score ]]; then
     echo "train.sh: MODE=score on $(hostname) (node ${SLURM_NODEID:-0} of $NNODES)," \
-        "writing $DATA_PREFIX.salt_scores.{npy,json}"
+        "writing $KD_DATA_PREFIX.salt_scores.{npy,json}"
 else
     mkdir -p "$SAVE_DIR"
     echo "train.sh: MODE=$MODE on $(hostname) (node ${SLURM_NODEID:-0} of $NNODES), saving to $SAVE_DIR"

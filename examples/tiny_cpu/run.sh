@@ -50,7 +50,8 @@ score() {
     echo "== score (SALT_DS: the teacher scores every document)"
     OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} "$TIME_STAGE" score "$PY" tools/score_data.py \
         --load "$RUNS/teacher" --data-path "$DATA" "${SCORE_ARGS[@]}"
-    "$PY" tools/select_data.py --data-path "$DATA" --kd-data-selection "$KD_SELECTION"
+    "$PY" tools/select_data.py --data-path "$DATA" --kd-data-selection "$KD_SELECTION" \
+        --kd-data-selection-by "$KD_SELECTION_BY"
 }
 evaluate() {  # few-shot: every saved checkpoint of the students (70% and 100% of the steps)
     if [[ ! -f "$EVAL_TASKS_DIR/tasks.json" ]]; then
@@ -67,7 +68,8 @@ report() {
     mkdir -p "$DEMO_DIR/report"
     "$PY" tools/compare_runs.py "$RUNS/baseline" "$RUNS/salt" "$RUNS/salt_ds" \
         --baseline "$RUNS/baseline" --out "$DEMO_DIR/report/salt_vs_baseline" \
-        --title "SALT vs baseline: tiny CPU demo" --stage-times "$STAGE_TIMES"
+        --title "SALT vs baseline: tiny CPU demo" --stage-times "$STAGE_TIMES" \
+        --count-teacher-cost "$RUNS/teacher" --scoring-cost "$DATA"
 }
 
 mode=${1:-all}
@@ -77,7 +79,7 @@ case "$mode" in
     salt) student "${RUN_NAME:-salt}" --kd-teacher-load "$RUNS/teacher" "${KD_ARGS[@]}" "${TEACHER_LAYOUT_ARGS[@]}" ;;
     score) score ;;
     salt_ds) student "${RUN_NAME:-salt_ds}" --kd-teacher-load "$RUNS/teacher" "${KD_ARGS[@]}" "${TEACHER_LAYOUT_ARGS[@]}" \
-                 --kd-data-path "$DATA" --kd-data-selection "$KD_SELECTION" ;;
+                 --kd-data-path "$DATA" --kd-data-selection "$KD_SELECTION" --kd-data-selection-by "$KD_SELECTION_BY" ;;
     evaluate) evaluate ;;
     report) report ;;
     all)
@@ -89,7 +91,7 @@ case "$mode" in
         student baseline
         student salt --kd-teacher-load "$RUNS/teacher" "${KD_ARGS[@]}" "${TEACHER_LAYOUT_ARGS[@]}"
         student salt_ds --kd-teacher-load "$RUNS/teacher" "${KD_ARGS[@]}" "${TEACHER_LAYOUT_ARGS[@]}" \
-            --kd-data-path "$DATA" --kd-data-selection "$KD_SELECTION"
+            --kd-data-path "$DATA" --kd-data-selection "$KD_SELECTION" --kd-data-selection-by "$KD_SELECTION_BY"
         evaluate
         report ;;
     *) echo "run.sh: error: unknown MODE $mode (teacher|baseline|salt|score|salt_ds|evaluate|report|all)" >&2; exit 2 ;;
