@@ -1,7 +1,7 @@
 # megatron-salt: the two commands a user needs.
 #   make demo   corpus -> tokenizer -> indexed dataset -> teacher -> scores ->
 #               baseline, SALT and SALT_DS students -> few-shot evaluation -> report
-#               (CPU, ~15 min on 2 cores)
+#               (CPU: ~5 min on 2 cores with bf16, within 15 min on fp32-only ones)
 #   make test   the test suite (Python 3.11, megatron-core 0.16.1: what pip resolves there)
 #   make test-newest  the same suite on Python 3.12 and the newest megatron-core 0.19.x,
 #               plus checkpoints and losses across the two versions

@@ -99,7 +99,8 @@ def test_imported_teacher_drives_salt_at_tp2_and_scores_documents(
         shutil.copyfile(tiny_data.prefix + suffix, str(data / "docs") + suffix)
     prefix = str(data / "docs")
     result = _run([str(REPO / "tools/score_data.py"), "--load", str(ckpt), "--data-path", prefix,
-                   "--score-seq-length", "64", "--chunk-documents", "64"])  # fmt: skip
+                   "--score-seq-length", "64", "--chunk-documents", "64",
+                   "--score-unit", "document"])  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     scores = np.load(prefix + ".salt_scores.npy")
     assert scores.shape == (tiny_data.num_documents,) and np.isfinite(scores).sum() > 0

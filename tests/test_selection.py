@@ -131,7 +131,7 @@ def test_killed_scoring_job_resumes(scored, checkpoints, tmp_path):
     argv = [
         sys.executable, str(REPO / "tools/score_data.py"), "--load", str(checkpoints[0]),
         "--data-path", copy, "--score-seq-length", str(SEQ), "--score-micro-batch-size", "3",
-        "--chunk-documents", "1",
+        "--chunk-documents", "1", "--score-unit", "document",
     ]  # fmt: skip
     env = dict(os.environ, MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1")
     proc = subprocess.Popen(
@@ -327,6 +327,7 @@ def test_preprocess_pile_score_with_writes_the_sidecar(tiny_data, checkpoints, t
         "--output-prefix", str(tmp_path / "scored"), "--tokenizer-type", "SentencePieceTokenizer",
         "--tokenizer-model", tiny_data.tokenizer_model, "--append-eod", "--workers", "0",
         "--score-with", str(checkpoints[0]), "--score-seq-length", str(SEQ),
+        "--score-unit", "document",
     ]  # fmt: skip
     env = dict(os.environ, MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1")
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
@@ -386,7 +387,7 @@ def test_scores_are_bound_to_the_bin_swapped_documents_refused(tiny_data, checkp
     env = dict(os.environ, MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1")
     score = [
         sys.executable, str(REPO / "tools/score_data.py"), "--load", str(checkpoints[0]),
-        "--data-path", prefix, "--score-seq-length", str(SEQ),
+        "--data-path", prefix, "--score-seq-length", str(SEQ), "--score-unit", "document",
     ]  # fmt: skip
     proc = subprocess.run(score, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr

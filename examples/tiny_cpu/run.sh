@@ -38,7 +38,7 @@ train() {  # train NAME ARGS... : one pretrain_salt.py run, resuming if it was i
 
 teacher() {
     train teacher "${TEACHER_ARGS[@]}" "${TRAIN_ARGS[@]}" "${LAYOUT_ARGS[@]}" \
-        --train-iters "$TEACHER_ITERS"
+        --train-iters "$TEACHER_ITERS" --global-batch-size "$TEACHER_GLOBAL_BATCH"
 }
 student() {  # student NAME EXTRA_ARGS...
     local name=$1; shift
@@ -47,7 +47,7 @@ student() {  # student NAME EXTRA_ARGS...
 }
 score() {
     if [[ -f "$DATA.salt_scores.json" ]]; then echo "== score: done already"; return; fi
-    echo "== score (SALT_DS: the teacher scores every document)"
+    echo "== score (SALT_DS: the teacher scores every ${SCORE_UNIT})"
     OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} "$TIME_STAGE" score "$PY" tools/score_data.py \
         --load "$RUNS/teacher" --data-path "$DATA" "${SCORE_ARGS[@]}"
     "$PY" tools/select_data.py --data-path "$DATA" --kd-data-selection "$KD_SELECTION" \

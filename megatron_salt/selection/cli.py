@@ -51,10 +51,10 @@ def add_scoring_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None
         f"--{prefix}score-unit",
         dest="score_unit",
         choices=["document", "window"],
-        default="document",
-        help="document: one score per document (its windows' positions pooled); window: "
-        "one score per --seq-length training window, and the KD phase trains on exactly "
-        "the selected windows",
+        default="window",
+        help="window (default): one score per --seq-length training window, the paper's "
+        "'sequence', and the KD phase trains on exactly the selected windows; document: one "
+        "score per document (its windows' positions pooled)",
     )
     parser.add_argument(
         f"--{prefix}score-min-window-fill",
