@@ -69,3 +69,20 @@ def salt_args(data, checkpoints, save: Path, *extra: str) -> list[str]:
     teacher = str(checkpoints[0])
     kd = ["--kd-teacher-load", teacher, "--kd-alpha", "0.6", "--kd-temperature", "2.0"]
     return student_args(data, checkpoints, save, *kd, *extra)
+
+
+def load_reference_slm(checkpoint: str):
+    """The SLM of ``checkpoint`` and its ModelConfig in this one-rank process (TP=1), for the
+    tests' float64 references of its scores."""
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+    from megatron_salt.checkpoint_dir import resolve_checkpoint
+    from megatron_salt.config import ModelConfig, ParallelConfig, PrecisionConfig
+    from megatron_salt.teacher import load_frozen_gpt
+
+    parallel_state.initialize_model_parallel(1, 1)
+    model_parallel_cuda_manual_seed(0)
+    ckpt = resolve_checkpoint(checkpoint)
+    cfg = ModelConfig.load(ckpt)
+    return load_frozen_gpt(ckpt, cfg, ParallelConfig(), PrecisionConfig()), cfg

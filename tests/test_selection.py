@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from salt_runs import REPO, pretrain_on, records, salt_args
+from salt_runs import REPO, load_reference_slm, pretrain_on, records, salt_args
 
 from megatron_salt.selection.rules import Selection
 from megatron_salt.selection.sidecar import (
@@ -60,19 +60,9 @@ def _score_on_ranks(checkpoint: str, prefix: str, tp: int = 1, chunk: int = 3):
 
 def _reference_scores(checkpoint: str, prefix: str) -> list[float]:
     """Float64 recomputation from the SLM's logits, one window at a time, written separately."""
-    from megatron.core import parallel_state
     from megatron.core.datasets.indexed_dataset import IndexedDataset
-    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-    from megatron_salt.checkpoint_dir import resolve_checkpoint
-    from megatron_salt.config import ModelConfig, ParallelConfig, PrecisionConfig
-    from megatron_salt.teacher import load_frozen_gpt
-
-    parallel_state.initialize_model_parallel(1, 1)
-    model_parallel_cuda_manual_seed(0)
-    ckpt = resolve_checkpoint(checkpoint)
-    cfg = ModelConfig.load(ckpt)
-    model = load_frozen_gpt(ckpt, cfg, ParallelConfig(), PrecisionConfig())
+    model, cfg = load_reference_slm(checkpoint)
     dataset = IndexedDataset(prefix)
     scores = []
     for doc in range(len(dataset.document_indices) - 1):
