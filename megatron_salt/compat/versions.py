@@ -59,6 +59,28 @@ def checkpoint_write_results_queue():
     return getter()
 
 
+@functools.cache
+def gpt_sample_query_returns_lengths() -> bool:
+    """Whether ``GPTDataset._query_document_sample_shuffle_indices`` also returns lengths.
+
+    0.16 returns ``(text, document_ids)``; 0.19 adds each document's token count before
+    padding (for packed-sequence attention), and ``__getitem__`` unpacks three values. A
+    subclass that builds its own samples must return what the installed release expects;
+    read from the method's declared return type, so releases between the tested ones are
+    handled by what they declare.
+    """
+    import typing
+
+    from megatron.core.datasets.gpt_dataset import GPTDataset
+
+    method = GPTDataset._query_document_sample_shuffle_indices
+    try:
+        returned = typing.get_type_hints(method).get("return")
+    except Exception:  # noqa: BLE001 - unresolvable hints: fall back to the raw annotation
+        returned = getattr(method, "__annotations__", {}).get("return")
+    return len(typing.get_args(returned)) == 3
+
+
 def write_legacy_common_state(checkpoint_dir: str | Path) -> None:
     """After ``dist_checkpointing.save`` (rank 0): keep a 0.17+ checkpoint readable by 0.16.
 

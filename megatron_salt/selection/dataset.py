@@ -20,6 +20,8 @@ import numpy as np
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.utils import Split
 
+from megatron_salt.compat.versions import gpt_sample_query_returns_lengths
+
 
 class NoSelectedDocumentError(ValueError):
     """The selection and a split of the prefix have no document in common."""
@@ -132,7 +134,9 @@ class SelectedWindowDataset(GPTDataset):
     def __len__(self) -> int:
         return len(self.shuffle_index)
 
-    def _query_document_sample_shuffle_indices(self, idx: int) -> tuple[np.ndarray, np.ndarray]:
+    def _query_document_sample_shuffle_indices(self, idx: int) -> tuple:
+        """``(tokens, [document])``, plus ``[tokens before padding]`` where Megatron-Core
+        expects per-document lengths (0.19; :func:`gpt_sample_query_returns_lengths`)."""
         window = self.shuffle_index[idx]
         document = int(self.document_index[window])
         start = int(self.sample_index[window])
@@ -140,8 +144,11 @@ class SelectedWindowDataset(GPTDataset):
         available = int(self.dataset.sequence_lengths[document]) - start
         text = self.dataset.get(document, offset=start, length=min(wanted, available))
         text = np.asarray(text, dtype=np.int64)
-        if len(text) < wanted:
-            text = np.concatenate([text, np.full(wanted - len(text), self._pad_token_id)])
+        unpadded = len(text)
+        if unpadded < wanted:
+            text = np.concatenate([text, np.full(wanted - unpadded, self._pad_token_id)])
+        if gpt_sample_query_returns_lengths():
+            return text, np.array([document], dtype=np.int64), [unpadded]
         return text, np.array([document], dtype=np.int64)
 
     @staticmethod
