@@ -43,18 +43,15 @@ def measure_step(bf16: bool, steps: int) -> dict[str, float]:
     import time
 
     import torch
-    import torch.distributed as dist
     from megatron.core import parallel_state, tensor_parallel
 
-    from megatron_salt.compat import apply_cpu_patches, filter_upstream_noise
+    from megatron_salt.compat import filter_upstream_noise
     from megatron_salt.config import ModelConfig, ParallelConfig, PrecisionConfig
     from megatron_salt.model import build_gpt_model, transformer_config
-    from megatron_salt.parallel import single_process_rendezvous
+    from megatron_salt.parallel import initialize_distributed
 
     filter_upstream_noise()
-    apply_cpu_patches()
-    single_process_rendezvous()
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    initialize_distributed(alone=True)
     parallel_state.initialize_model_parallel(1, 1)
     tensor_parallel.model_parallel_cuda_manual_seed(1234)
     model_cfg = ModelConfig(
