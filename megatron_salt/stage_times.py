@@ -13,6 +13,8 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from megatron_salt.report import format_duration
+
 #: CPU flags that decide CPU training speed (fp32 vector width, bf16 in hardware).
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
@@ -86,11 +88,6 @@ def describe_machine() -> dict[str, str]:
     }
 
 
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    return f"{minutes} min {secs:02d} s" if minutes else f"{seconds:.1f} s"
-
-
 def render_stage_times(times: StageTimes, machine: dict[str, str]) -> str:
     """The markdown section: the machine, then one row per stage and the total."""
     lines = ["## Machine and time per stage", ""]
@@ -99,8 +96,8 @@ def render_stage_times(times: StageTimes, machine: dict[str, str]) -> str:
     total = times.total_s
     for name, seconds in times.stages.items():
         share = f"{seconds / total:.0%}" if total > 0 else "—"
-        lines.append(f"| {name} | {_duration(seconds)} | {share} |")
-    lines.append(f"| **total** | **{_duration(total)}** | |")
+        lines.append(f"| {name} | {format_duration(seconds)} | {share} |")
+    lines.append(f"| **total** | **{format_duration(total)}** | |")
     lines += [
         "",
         "Stages that were already done when the demo was rerun keep the time of the run that "
